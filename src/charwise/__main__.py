@@ -1,0 +1,3 @@
+from charwise.cli import main
+
+main()
