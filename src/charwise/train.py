@@ -111,7 +111,7 @@ class Trainer:
     def run(self, updates: int, progress: bool = True) -> TrainState:
         """Train until `updates` updates are done in total, with events at their updates."""
         self.out.mkdir(parents=True, exist_ok=True)
-        cfg, state = self.config, self.state
+        state = self.state
         metrics = self.out / "metrics.csv"
         if state.updates == 0:
             metrics.write_text("update,epoch,loss,smooth_loss\n")
