@@ -111,20 +111,59 @@ def gradcheck(corpus, encoding, errors, m, step, seq_length, sig, seed, threshol
 @click.option(
     "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
 )
+@click.option(
+    "--checkpoint-every", default=0, show_default=True, help="Checkpoint every N updates (0: off)."
+)
+@click.option(
+    "--checkpoint-seconds", default=60.0, show_default=True, help="And every N seconds (0: off)."
+)
+@click.option(
+    "--resume",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Continue the run in this directory from its checkpoint.",
+)
 @click.option("--no-progress", is_flag=True, help="Plain log lines instead of a progress bar.")
-def train(corpus, encoding, errors, updates, out, no_progress, **settings):
-    """Train on CORPUS (a text file or the built-in python-docs) with the SPEC.md protocol."""
-    from charwise.train import Trainer
+@click.pass_context
+def train(ctx, corpus, encoding, errors, updates, out, resume, no_progress, **settings):
+    """Train on CORPUS (a text file or the built-in python-docs) with the SPEC.md protocol.
 
-    c = load_corpus(corpus, encoding, errors)
-    config = TrainConfig(**settings)
-    out = Path(out or f"runs/{Path(c.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    trainer = Trainer(c, config, out)
+    With --resume RUN_DIR, continue that run exactly where its checkpoint left it; its
+    corpus and settings are read from the checkpoint (see MAY_CHANGE for what may differ).
+    """
+    from charwise.train import CHECKPOINT, Interrupted, Trainer
+
+    given = {k for k in ctx.params if ctx.get_parameter_source(k).name != "DEFAULT"}
+    if resume is not None:
+        if given & {"out", "encoding", "errors"}:
+            raise CharwiseError("--resume takes the run's directory, corpus and encoding as saved")
+        c = load_corpus(corpus, encoding, errors) if "corpus" in given else None
+        trainer = Trainer.resume(resume, c, **{k: v for k, v in settings.items() if k in given})
+        c, out = trainer.corpus, resume
+        updates = updates if "updates" in given else trainer.target
+        if trainer.state.updates >= updates:
+            raise CharwiseError(
+                f"{out} already has {trainer.state.updates:,} updates; pass a larger --updates"
+            )
+    else:
+        c = load_corpus(corpus, encoding, errors)
+        out = Path(out or f"runs/{Path(c.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if (out / CHECKPOINT).exists():
+            raise CharwiseError(
+                f"{out} already holds a run; continue it with --resume {out} or pick another --out"
+            )
+        spec = corpus if corpus == BUILTIN else str(Path(corpus).resolve())
+        source = {"spec": spec, "encoding": encoding, "errors": errors}
+        trainer = Trainer(c, TrainConfig(**settings), out, source)
+    verb = f"resuming at update {trainer.state.updates:,}" if resume else "training"
     click.echo(
-        f"training on {c.name}: {len(c):,} characters, K = {len(c.vocab)}, "
+        f"{verb} on {c.name}: {len(c):,} characters, K = {len(c.vocab)}, "
         f"{trainer.schedule.per_epoch:,} updates per epoch -> {out}"
     )
-    state = trainer.run(updates, progress=not no_progress)
+    try:
+        state = trainer.run(updates, progress=not no_progress)
+    except Interrupted as exc:
+        click.echo(f"\ncharwise: {exc}", err=True)
+        sys.exit(128 + exc.signum)
     passage = (out / "best_passage.txt").read_text(encoding="utf-8")
     click.echo(
         f"\n--- best model (update {state.best_update}, smooth loss "

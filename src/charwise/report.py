@@ -9,7 +9,8 @@ import numpy as np
 
 def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
     """Columns of RUN_DIR/metrics.csv: update, epoch, loss, smooth_loss."""
-    table = np.loadtxt(Path(run_dir) / "metrics.csv", delimiter=",", skiprows=1, ndmin=2)
+    path = Path(run_dir) / "metrics.csv"
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 4)  # 0 rows too
     return {name: table[:, i] for i, name in enumerate(["update", "epoch", "loss", "smooth_loss"])}
 
 

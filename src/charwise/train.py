@@ -3,17 +3,37 @@ and the events (progress, samples, checkpoints) that happen every N updates."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from charwise.corpus import Corpus
+from charwise import checkpoint
+from charwise.corpus import Corpus, load_corpus
 from charwise.engines import get_engine
 from charwise.errors import CharwiseError
 from charwise.model import CharRNN
 from charwise.optim import CLIP, EPS, TrainState
+from charwise.vocab import Vocab
+
+CHECKPOINT = "checkpoint.npz"  # a run directory's resumable state (final.npz: the model)
+BLOCK_MAX = 1000  # most updates per engine call, so Ctrl-C and timed checkpoints stay prompt
+# Settings a resume may change: none of them alters the state, only what happens next.
+METRICS_HEADER = "update,epoch,loss,smooth_loss"
+MAY_CHANGE = (
+    "eta",
+    "print_every",
+    "sample_every",
+    "sample_length",
+    "passage_length",
+    "checkpoint_every",
+    "checkpoint_seconds",
+    "engine",
+)
 
 
 @dataclass
@@ -31,10 +51,13 @@ class TrainConfig:
     passage_length: int = 1000  # characters of the final best-model passage
     engine: str = "fast"  # fast (numba) or reference (numpy)
     dtype: str = "float64"  # float64 or float32 (float32: fast engine only)
+    checkpoint_every: int = 0  # a checkpoint every N updates (0: only the timed ones)
+    checkpoint_seconds: float = 60.0  # and at the first block end N s after the last (0: off)
 
     def check(self) -> None:
         positive = ["m", "seq_length", "print_every", "sample_every", "sample_length"]
         bad = [name for name in positive if getattr(self, name) < 1]
+        bad += [n for n in ("checkpoint_every", "checkpoint_seconds") if getattr(self, n) < 0]
         if bad or not self.eta > 0 or not self.sig > 0:
             raise CharwiseError(f"settings must be positive: {', '.join(bad) or 'eta/sig'}")
         if self.dtype not in ("float64", "float32"):
@@ -69,35 +92,97 @@ class Schedule:
         return (update - 1) // self.per_epoch + 1
 
 
+def _sample_records(raw: str):
+    """(end offset, update, epoch, smooth loss, text) of each complete record of samples.txt."""
+    pos = 0
+    while True:
+        end = raw.find("\n", pos)
+        if end < 0:
+            return
+        try:
+            fields_ = raw[pos:end].strip("- ").split(", ")
+            rec = dict(field.split(" ", 1) for field in fields_)
+            n, update, epoch = int(rec["chars"]), int(rec["update"]), int(rec["epoch"])
+            smooth = float(rec["loss"])
+        except (ValueError, KeyError):
+            return
+        text, after = raw[end + 1 : end + 1 + n], end + 1 + n
+        if len(text) < n or raw[after : after + 2] != "\n\n":
+            return
+        pos = after + 2
+        yield pos, update, epoch, smooth, text
+
+
 def read_samples(path: str | Path) -> list[dict]:
     """Parse samples.txt back into {update, epoch, smooth_loss, text} records."""
     with open(path, encoding="utf-8", newline="") as f:
         raw = f.read()
-    records, pos = [], 0
-    while pos < len(raw):
-        end = raw.index("\n", pos)
-        fields = raw[pos:end].strip("- ").split(", ")
-        rec = dict(field.split(" ", 1) for field in fields)
-        n = int(rec.pop("chars"))
-        text = raw[end + 1 : end + 1 + n]
-        records.append(
-            {
-                "update": int(rec["update"]),
-                "epoch": int(rec["epoch"]),
-                "smooth_loss": float(rec["loss"]),
-                "text": text,
-            }
+    keys = ("update", "epoch", "smooth_loss", "text")
+    return [dict(zip(keys, rec[1:], strict=True)) for rec in _sample_records(raw)]
+
+
+def repair_logs(out: Path, updates: int) -> None:
+    """Cut metrics.csv and samples.txt back to `updates`: the checkpoint is the truth.
+
+    Drops rows and samples written after the checkpoint and a partial last line left by a
+    kill, so the resumed run appends exactly what an uninterrupted run would have written.
+    """
+    metrics = out / "metrics.csv"
+    try:
+        raw = metrics.read_bytes()
+    except OSError:
+        raw = b""
+    lines = raw.split(b"\n")[: updates + 1]  # header + one row per update
+    size = sum(len(line) + 1 for line in lines)
+    rows = enumerate(lines[1:], start=1)
+    if (
+        size > len(raw)
+        or lines[0] != METRICS_HEADER.encode()
+        or not all(line.startswith(b"%d," % u) for u, line in rows)
+    ):
+        raise CharwiseError(
+            f"{metrics} lacks rows of the first {updates} updates, which its checkpoint "
+            "holds; restore that file or start a new run"
         )
-        pos = end + 1 + n + 2
-    return records
+    _truncate(metrics, size)
+    samples = out / "samples.txt"
+    text = samples.read_bytes().decode("utf-8", "surrogateescape") if samples.exists() else ""
+    keep = 0
+    for end, update, *_ in _sample_records(text):
+        if update > updates:
+            break
+        keep = end
+    _truncate(samples, len(text[:keep].encode("utf-8", "surrogateescape")))
+
+
+def _truncate(path: Path, size: int) -> None:
+    with path.open("ab") as f:
+        f.truncate(size)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT or SIGTERM after a checkpoint; `signum` says which."""
+
+    def __init__(self, signum: int, updates: int, out: Path):
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} at update {updates}; checkpoint saved. "
+            f"Continue with: charwise train --resume {out}"
+        )
+        self.signum = signum
 
 
 class Trainer:
     """Runs the protocol on a corpus and writes the run directory's artefacts."""
 
-    def __init__(self, corpus: Corpus, config: TrainConfig, out: str | Path):
+    def __init__(
+        self, corpus: Corpus, config: TrainConfig, out: str | Path, source: dict | None = None
+    ):
         config.check()
         self.corpus, self.config, self.out = corpus, config, Path(out)
+        self.source = source  # load_corpus() arguments that read the corpus again on resume
         self.schedule = Schedule(len(corpus), config.seq_length)
         self.engine = get_engine(config.engine)
         dtype = np.dtype(config.dtype)
@@ -106,49 +191,171 @@ class Trainer:
         self.sample_rng = np.random.default_rng((config.seed, 1))
         self.data = np.ascontiguousarray(corpus.data)
         self.elapsed = 0.0  # seconds spent training
+        self.first_loss = float("nan")  # loss of update 1, the divergence rule's yardstick
+        self.target = 0  # the total updates the current run() aims at
+        self.resumes: list[dict] = []  # each resume: its update and the settings it changed
+        self.fresh = True  # no files written yet (False once run() starts or after a resume)
+        self.stop_signal = 0  # set by SIGINT/SIGTERM; training stops at the next block end
+        self.saved_at = time.monotonic()
+
+    @classmethod
+    def resume(cls, out: str | Path, corpus: Corpus | None = None, **changes) -> Trainer:
+        """The run in `out` as its last checkpoint left it; `changes` may alter MAY_CHANGE."""
+        out = Path(out)
+        arrays, meta = checkpoint.load(out / CHECKPOINT)
+        if meta.get("kind") != "checkpoint":
+            raise CharwiseError(f"{out / CHECKPOINT} is a model, not a training checkpoint")
+        config = _config_from(meta.get("config"), out)
+        changed = {
+            k: [getattr(config, k), v] for k, v in changes.items() if getattr(config, k) != v
+        }
+        refused = [k for k in changed if k not in MAY_CHANGE]
+        if refused:
+            shown = ", ".join(f"--{k.replace('_', '-')} {changed[k][0]!r}" for k in refused)
+            raise CharwiseError(
+                f"{out} was trained with {shown}; a resume keeps those settings "
+                f"(only {', '.join(MAY_CHANGE)} may change)"
+            )
+        config = replace(config, **changes)
+        source = meta.get("corpus", {}).get("source")
+        if corpus is None:
+            if not isinstance(source, dict):
+                raise CharwiseError(f"{out} does not record its corpus; pass the CORPUS again")
+            corpus = load_corpus(**source)
+        vocab = Vocab.from_json(meta.get("vocab"))
+        if vocab != corpus.vocab:
+            raise CharwiseError(
+                f"corpus {corpus.name} has a different vocabulary (K = {len(corpus.vocab)}) than "
+                f"the run in {out} (K = {len(vocab)}); resume with the run's own corpus"
+            )
+        if corpus.fingerprint() != meta.get("corpus_sha256"):
+            raise CharwiseError(
+                f"corpus {corpus.name} differs from the one the run in {out} was trained on "
+                "(SHA-256 mismatch); resume with the run's own corpus"
+            )
+        trainer = cls(corpus, config, out, source)
+        trainer._restore(arrays, meta)
+        trainer.resumes.append({"update": trainer.state.updates, "changed": changed})
+        repair_logs(out, trainer.state.updates)
+        return trainer
+
+    def _restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Load the state arrays and counters of a checkpoint after checking each."""
+        state, m, K = self.state, self.config.m, len(self.corpus.vocab)
+        where = self.out / CHECKPOINT
+        targets = self.state_arrays()
+        if sorted(arrays) != sorted(targets):
+            raise CharwiseError(
+                f"{where} holds arrays {sorted(arrays)}, expected {sorted(targets)} "
+                f"for m={m}, K={K}; the file is corrupt"
+            )
+        for name, dst in targets.items():
+            src = arrays[name]
+            if src.shape != dst.shape or src.dtype != dst.dtype:
+                raise CharwiseError(
+                    f"{where}: {name} has shape {src.shape} and dtype {src.dtype}, expected "
+                    f"{dst.shape} {dst.dtype}; the file is corrupt"
+                )
+            if not np.isfinite(src).all():
+                raise CharwiseError(f"{where}: {name} holds NaN or infinity; the file is corrupt")
+            dst[...] = src
+        try:
+            updates, best_update, best_x0 = (
+                int(meta[k]) for k in ("updates", "best_update", "best_x0")
+            )
+            smooth, best_smooth, first = (
+                float(meta[k]) for k in ("smooth_loss", "best_smooth_loss", "first_loss")
+            )
+            self.sample_rng.bit_generator.state = meta["sample_rng"]
+            self.elapsed = float(meta["train_seconds"])
+            self.target = int(meta["target_updates"])
+            self.resumes = list(meta["resumes"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise CharwiseError(
+                f"{where}: bad training metadata ({exc}); the file is corrupt"
+            ) from None
+        if not (0 <= best_update <= updates and 0 <= best_x0 < K) or (
+            updates > 0 and not np.isfinite([smooth, best_smooth, first]).all()
+        ):
+            raise CharwiseError(f"{where}: inconsistent training counters; the file is corrupt")
+        state.updates, state.smooth_loss = updates, smooth
+        state.best_update, state.best_smooth, state.best_x0 = best_update, best_smooth, best_x0
+        self.first_loss = first
+        self.fresh = False
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Every array of the training state by checkpoint name (views, not copies)."""
+        s = self.state
+        return (
+            dict(s.params.items())
+            | {f"G_{name}": g for name, g in s.G.items()}
+            | {f"best_{name}": p for name, p in s.best.items()}
+            | {"h_prev": s.h_prev, "best_h": s.best_h}
+        )
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self, updates: int, progress: bool = True) -> TrainState:
         """Train until `updates` updates are done in total, with events at their updates."""
         self.out.mkdir(parents=True, exist_ok=True)
         state = self.state
+        self.target = updates
         metrics = self.out / "metrics.csv"
-        if state.updates == 0:
-            metrics.write_text("update,epoch,loss,smooth_loss\n")
-            (self.out / "samples.txt").write_text("")
-            self._sample_event()
-        bar = _progress(state.updates, updates, progress)
-        try:
-            while state.updates < updates:
-                n = min(_next_multiple(state.updates, e) for e in self._intervals()) - state.updates
-                n = min(n, updates - state.updates)
-                u0, smooth0 = state.updates, state.smooth_loss
-                losses = self._train_block(n)
-                self._append_metrics(metrics, u0, smooth0, losses)
-                self._after_block(bar)
-        finally:
-            if bar is not None:
-                bar.close()
+        with _stop_on_signals(self):
+            if self.fresh:
+                metrics.write_text(METRICS_HEADER + "\n")
+                (self.out / "samples.txt").write_text("")
+                self._sample_event()
+                self.save_checkpoint()
+                self.fresh = False
+            bar = _progress(state.updates, updates, progress)
+            try:
+                while state.updates < updates:
+                    stops = [_next_multiple(state.updates, e) for e in self._intervals()]
+                    n = min(*stops, state.updates + BLOCK_MAX, updates) - state.updates
+                    u0, smooth0 = state.updates, state.smooth_loss
+                    losses = self._train_block(n)
+                    self._append_metrics(metrics, u0, smooth0, losses)
+                    self._after_block(bar)
+                    if self._checkpoint_due() or self.stop_signal:
+                        self.save_checkpoint()
+                    if self.stop_signal:
+                        raise Interrupted(self.stop_signal, state.updates, self.out)
+            finally:
+                if bar is not None:
+                    bar.close()
+            self.save_checkpoint()
         self.save_models()
         self.write_passage()
         self.plot()
         return state
 
     def _intervals(self) -> tuple[int, ...]:
-        return (self.config.print_every, self.config.sample_every)
+        cfg = self.config
+        return (cfg.print_every, cfg.sample_every) + (
+            (cfg.checkpoint_every,) if cfg.checkpoint_every else ()
+        )
+
+    def _checkpoint_due(self) -> bool:
+        cfg, u = self.config, self.state.updates
+        timed = (
+            cfg.checkpoint_seconds and time.monotonic() - self.saved_at >= cfg.checkpoint_seconds
+        )
+        return bool(timed or (cfg.checkpoint_every and u % cfg.checkpoint_every == 0))
 
     def _train_block(self, n: int) -> np.ndarray:
         state, cfg = self.state, self.config
-        starts, lengths, resets = self.schedule.block(state.updates, n)
+        u0 = state.updates
+        starts, lengths, resets = self.schedule.block(u0, n)
         losses = np.empty(n)
         t0 = time.perf_counter()
         done = self.engine.train_block(
             state, self.data, starts, lengths, resets, cfg.eta, EPS, CLIP, losses
         )
         self.elapsed += time.perf_counter() - t0
+        if u0 == 0 and done > 0:
+            self.first_loss = float(losses[0])
         if done < n:
             update = state.updates + 1
-            self.save_models()
             raise CharwiseError(
                 f"training diverged at update {update} (loss {losses[done]}); the last good "
                 f"model is in {self.out}; lower --eta (now {cfg.eta})"
@@ -213,24 +420,48 @@ class Trainer:
         best_meta = meta | {"updates": state.best_update, "smooth_loss": state.best_smooth}
         best.save(self.out / "best.npz", extra={"h0": state.best_h}, x0=state.best_x0, **best_meta)
 
+    def save_checkpoint(self) -> None:
+        """RUN_DIR/checkpoint.npz: all a resume needs, after the logs it covers reach the disk."""
+        for name in ("metrics.csv", "samples.txt"):
+            with (self.out / name).open("ab") as f:
+                os.fsync(f.fileno())
+        s, vocab = self.state, self.corpus.vocab
+        meta = self.meta() | {
+            "kind": "checkpoint",
+            "vocab": vocab.to_json(),
+            "best_x0": s.best_x0,
+            "first_loss": self.first_loss,
+            "target_updates": self.target,
+            "sample_rng": self.sample_rng.bit_generator.state,
+            "resumes": self.resumes,
+        }
+        checkpoint.save(self.out / CHECKPOINT, self.state_arrays(), meta)
+        self.saved_at = time.monotonic()
+
     def meta(self) -> dict:
         s = self.state
         return {
             "config": asdict(self.config),
-            "corpus": {"name": self.corpus.name, "chars": len(self.corpus)},
+            "corpus": {"name": self.corpus.name, "chars": len(self.corpus), "source": self.source},
             "corpus_sha256": self.corpus.fingerprint(),
             "updates": s.updates,
             "epoch": self.schedule.epoch(max(s.updates, 1)),
-            "smooth_loss": s.smooth_loss,
+            "smooth_loss": float(s.smooth_loss),
             "best_update": s.best_update,
-            "best_smooth_loss": s.best_smooth,
+            "best_smooth_loss": float(s.best_smooth),
             "train_seconds": self.elapsed,
         }
 
     def write_passage(self) -> str:
-        """The best model's passage, from its h_prev and first character (SPEC.md)."""
+        """The best model's passage, from its h_prev and first character (SPEC.md).
+
+        Drawn from a copy of the sampling generator, so that continuing the run later
+        draws the same samples as a run that never stopped here.
+        """
         state, cfg = self.state, self.config
-        uniforms = self.sample_rng.random(cfg.passage_length)
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self.sample_rng.bit_generator.state
+        uniforms = rng.random(cfg.passage_length)
         indices = self.engine.sample(
             state.best, state.best_h, state.best_x0, cfg.passage_length, uniforms
         )
@@ -242,6 +473,43 @@ class Trainer:
         from charwise.report import plot_run
 
         plot_run(self.out, self.out / "loss.png", per_epoch=self.schedule.per_epoch)
+
+
+def _config_from(saved, out: Path) -> TrainConfig:
+    """The TrainConfig recorded in a checkpoint (settings added since then keep defaults)."""
+    known = {f.name for f in fields(TrainConfig)}
+    if not isinstance(saved, dict) or not saved.keys() <= known:
+        extra = sorted(saved.keys() - known) if isinstance(saved, dict) else saved
+        raise CharwiseError(f"{out}: unknown settings {extra} in its checkpoint; update charwise")
+    try:
+        config = TrainConfig(**saved)
+        config.check()
+    except TypeError as exc:
+        raise CharwiseError(f"{out}: bad settings in its checkpoint ({exc})") from None
+    return config
+
+
+class _stop_on_signals:
+    """While active, SIGINT/SIGTERM set trainer.stop_signal; a second one stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.previous = trainer, {}
+
+    def handle(self, signum, frame) -> None:
+        if self.trainer.stop_signal:
+            raise KeyboardInterrupt
+        self.trainer.stop_signal = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def _next_multiple(u: int, every: int) -> int:

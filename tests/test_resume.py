@@ -1,0 +1,215 @@
+"""Exact resume: a run stopped at update k and resumed to N equals the same run done in one go."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from charwise import checkpoint
+from charwise.cli import main
+from charwise.corpus import load_corpus
+from charwise.errors import CharwiseError
+from charwise.train import CHECKPOINT, TrainConfig, Trainer, read_samples
+
+N = 260  # updates of every run here: 2.6 epochs of the corpus below at seq length 10
+WORDS = "the cat sat on a mat while dogs ran far away, quickly! Then: rest.".split()
+
+
+def engines() -> list:
+    """Both engines; the fast one is skipped only while its module does not exist yet."""
+    missing = importlib.util.find_spec("charwise.engines.fast") is None
+    skip = pytest.mark.skip(reason="charwise.engines.fast not written yet")
+    return ["reference", pytest.param("fast", marks=[skip] if missing else [])]
+
+
+def write_corpus(path: Path, n_words: int = 190, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    path.write_text(" ".join(rng.choice(WORDS) for _ in range(n_words)) + "\n", encoding="utf-8")
+    return path
+
+
+def small_config(engine: str, **kw) -> TrainConfig:
+    settings = dict(m=8, seq_length=10, print_every=7, sample_every=40, sample_length=15)
+    settings |= dict(passage_length=20, checkpoint_seconds=0, engine=engine)
+    return TrainConfig(**(settings | kw))
+
+
+def run_dir_contents(out: Path) -> dict:
+    """Everything that must match between two runs: arrays, logs, passage, meta facts."""
+    got = {}
+    for name in (CHECKPOINT, "final.npz", "best.npz"):
+        arrays, meta = checkpoint.load(out / name)
+        got |= {f"{name}:{k}": v for k, v in arrays.items()}
+        for k in ("train_seconds", "resumes", "config"):
+            meta.pop(k, None)
+        got[f"{name}:meta"] = meta
+    for name in ("metrics.csv", "samples.txt", "best_passage.txt"):
+        got[name] = (out / name).read_bytes()
+    return got
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    ga, gb = run_dir_contents(a), run_dir_contents(b)
+    assert ga.keys() == gb.keys()
+    for key, va in ga.items():
+        if isinstance(va, np.ndarray):
+            assert va.dtype == gb[key].dtype and np.array_equal(va, gb[key]), key
+        else:
+            assert va == gb[key], key
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "words.txt")
+
+
+@pytest.fixture(scope="module", params=engines())
+def one_go(request, corpus_file, tmp_path_factory):
+    """The uninterrupted run to N updates, per engine."""
+    engine = request.param
+    out = tmp_path_factory.mktemp(f"one-go-{engine}")
+    Trainer(load_corpus(corpus_file), small_config(engine), out).run(N, progress=False)
+    return engine, out
+
+
+def best_change_update(out: Path) -> int:
+    """An update, past the first epoch, right after which the best model changed."""
+    smooth = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1)[:, 3]
+    lows = [u for u in range(2, N) if smooth[u - 1] < smooth[: u - 1].min()]
+    return next(u for u in reversed(lows) if u < N - 20)
+
+
+@pytest.mark.parametrize("stop", ["start", "mid-epoch", "epoch-boundary", "after-best"])
+def test_resume_is_bit_identical(stop, one_go, corpus_file, tmp_path):
+    engine, reference_out = one_go
+    corpus = load_corpus(corpus_file)
+    per_epoch = Trainer(corpus, small_config(engine), tmp_path / "probe").schedule.per_epoch
+    k = {
+        "start": 0,
+        "mid-epoch": per_epoch + 31,
+        "epoch-boundary": per_epoch,
+        "after-best": best_change_update(reference_out),
+    }[stop]
+    out = tmp_path / "stopped"
+    Trainer(corpus, small_config(engine), out).run(k, progress=False)
+    assert checkpoint.load(out / CHECKPOINT)[1]["updates"] == k
+    # a different progress interval moves every block boundary after the resume
+    resumed = Trainer.resume(out, corpus, print_every=13)
+    assert resumed.state.updates == k
+    resumed.run(N, progress=False)
+    assert_same_run(reference_out, out)
+    resumes = checkpoint.load(out / CHECKPOINT)[1]["resumes"]
+    assert resumes == [{"update": k, "changed": {"print_every": [7, 13]}}]
+
+
+def test_resume_twice_and_sample_headers(one_go, corpus_file, tmp_path):
+    engine, reference_out = one_go
+    out = tmp_path / "run"
+    corpus = load_corpus(corpus_file)
+    Trainer(corpus, small_config(engine), out).run(50, progress=False)
+    Trainer.resume(out, corpus).run(141, progress=False)
+    Trainer.resume(out, corpus).run(N, progress=False)
+    assert_same_run(reference_out, out)
+    assert [r["update"] for r in read_samples(out / "samples.txt")] == list(range(0, N, 40))
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def cli_train(corpus: Path, out: Path, updates: int, *extra: str):
+    return cli(
+        "train", corpus, "--out", out, "--updates", updates, "--engine", "reference",
+        "--m", 8, "--seq-length", 10, "--print-every", 7, "--sample-every", 40,
+        "--sample-length", 15, "--passage-length", 20, "--no-progress", *extra,
+    )  # fmt: skip
+
+
+def test_cli_resume_matches_one_go(corpus_file, tmp_path):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert cli_train(corpus_file, whole, N).exit_code == 0
+    assert cli_train(corpus_file, part, 90).exit_code == 0
+    result = cli("train", "--resume", part, "--updates", N, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "resuming at update 90" in result.output
+    assert_same_run(whole, part)
+    # without --updates, a resume aims at the target recorded in the checkpoint
+    result = cli("train", "--resume", part)
+    assert result.exit_code == 1 and f"already has {N} updates" in result.output
+
+
+def test_cli_refusals(corpus_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli_train(corpus_file, out, 30).exit_code == 0
+    text = corpus_file.read_text(encoding="utf-8")
+    shuffled = tmp_path / "shuffled.txt"
+    shuffled.write_text(text[100:] + text[:100], encoding="utf-8")  # same characters
+    other_vocab = tmp_path / "other.txt"
+    other_vocab.write_text(text + "Z", encoding="utf-8")
+    cases = {
+        ("--m", "9"): "trained with --m 8",
+        ("--seed", "2"): "trained with --seed 1",
+        ("--dtype", "float32"): "trained with --dtype 'float64'",
+        (str(shuffled),): "SHA-256 mismatch",
+        (str(other_vocab),): "different vocabulary",
+        ("--out", str(tmp_path / "x")): "--resume takes the run's directory",
+    }
+    for args, message in cases.items():
+        result = cli("train", "--resume", out, "--updates", 60, *args)
+        assert result.exit_code == 1, args
+        assert message in result.output and result.output.count("\n") == 1, result.output
+    result = cli_train(corpus_file, out, 30)
+    assert result.exit_code == 1 and "already holds a run" in result.output
+    result = cli("train", "--resume", tmp_path / "nowhere")
+    assert result.exit_code == 1 and "checkpoint not found" in result.output
+
+
+def test_allowed_changes_are_recorded(corpus_file, tmp_path):
+    out = tmp_path / "run"
+    assert cli_train(corpus_file, out, 30).exit_code == 0
+    result = cli(
+        "train", "--resume", out, "--updates", 60, "--eta", 0.05, "--sample-every", 25,
+        "--m", 8, "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = checkpoint.load(out / CHECKPOINT)[1]
+    assert meta["resumes"] == [
+        {"update": 30, "changed": {"eta": [0.1, 0.05], "sample_every": [40, 25]}}
+    ]
+    assert meta["config"]["eta"] == 0.05 and meta["updates"] == 60
+    assert [r["update"] for r in read_samples(out / "samples.txt")] == [0, 50]  # not 40
+
+
+def test_resume_refuses_a_model_file(corpus_file, tmp_path):
+    out = tmp_path / "run"
+    corpus = load_corpus(corpus_file)
+    Trainer(corpus, small_config("reference"), out).run(5, progress=False)
+    (out / "best.npz").replace(out / CHECKPOINT)
+    with pytest.raises(CharwiseError, match="a model, not a training checkpoint"):
+        Trainer.resume(out, corpus)
+
+
+def test_checkpoint_metadata_is_complete(corpus_file, tmp_path):
+    out = tmp_path / "run"
+    corpus = load_corpus(corpus_file)
+    trainer = Trainer(corpus, small_config("reference"), out)
+    trainer.run(25, progress=False)
+    arrays, meta = checkpoint.load(out / CHECKPOINT)
+    names = {"b", "c", "U", "W", "V", "h_prev", "best_h"}
+    names |= {f"{p}_{n}" for p in ("G", "best") for n in "bcUWV"}
+    assert set(arrays) == names
+    assert meta["corpus_sha256"] == corpus.fingerprint()
+    assert meta["vocab"] == corpus.vocab.to_json()
+    assert meta["config"] == json.loads(json.dumps(small_config("reference").__dict__))
+    rng = np.random.default_rng()
+    rng.bit_generator.state = meta["sample_rng"]
+    assert rng.random() == trainer.sample_rng.random()
+    assert meta["updates"] == 25 and meta["target_updates"] == 25
+    assert meta["smooth_loss"] == trainer.state.smooth_loss
+    assert meta["best_update"] == trainer.state.best_update
