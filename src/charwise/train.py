@@ -237,6 +237,8 @@ class Trainer:
         trainer._restore(arrays, meta)
         trainer.resumes.append({"update": trainer.state.updates, "changed": changed})
         repair_logs(out, trainer.state.updates)
+        for stale in out.glob(".*.npz.*.tmp"):  # left by a kill in the middle of a save
+            stale.unlink()
         return trainer
 
     def _restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:

@@ -1,0 +1,165 @@
+"""Crash safety: periodic checkpoints, log repair after a kill, SIGKILL at random moments."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import charwise
+from charwise import checkpoint
+from charwise.corpus import load_corpus
+from charwise.train import CHECKPOINT, Trainer
+from runs import N, assert_same_run, small_config, write_corpus
+
+SRC = str(Path(charwise.__file__).resolve().parents[1])
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "words.txt")
+
+
+@pytest.fixture(scope="module")
+def one_go(corpus_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one-go")
+    Trainer(load_corpus(corpus_file), small_config("reference"), out).run(N, progress=False)
+    return out
+
+
+def test_resume_repairs_partial_lines_and_drops_later_output(corpus_file, one_go, tmp_path):
+    corpus, out = load_corpus(corpus_file), tmp_path / "run"
+    Trainer(corpus, small_config("reference"), out).run(90, progress=False)
+    # what a kill after the checkpoint at 90 can leave: later rows and samples, partial lines
+    whole_metrics = (one_go / "metrics.csv").read_bytes().split(b"\n")
+    with (out / "metrics.csv").open("ab") as f:
+        f.write(b"\n".join(whole_metrics[91:125]) + b"\n" + whole_metrics[125][:7])
+    with (out / "samples.txt").open("a", encoding="utf-8", newline="") as f:
+        f.write("--- update 120, epoch 2, loss 60.1, chars 15 ---\nabcdefghijklmno\n\n--- upd")
+    (out / ".checkpoint.npz.x1.tmp").write_bytes(b"PK\x03\x04 half a zip")
+    Trainer.resume(out, corpus).run(N, progress=False)
+    assert_same_run(one_go, out)
+    assert not list(out.glob("*.tmp"))
+
+
+def test_resume_refuses_logs_shorter_than_the_checkpoint(corpus_file, tmp_path):
+    corpus, out = load_corpus(corpus_file), tmp_path / "run"
+    Trainer(corpus, small_config("reference"), out).run(40, progress=False)
+    raw = (out / "metrics.csv").read_bytes()
+    (out / "metrics.csv").write_bytes(raw[: raw.rindex(b"\n", 0, -1) + 5])  # row 40 partial
+    with pytest.raises(charwise.CharwiseError, match="lacks rows of the first 40 updates"):
+        Trainer.resume(out, corpus)
+
+
+def saved_updates(monkeypatch) -> list[int]:
+    """The update count of every checkpoint.npz written from now on."""
+    seen = []
+    save = checkpoint.save
+
+    def spy(path, arrays, meta):
+        if Path(path).name == CHECKPOINT:
+            seen.append(meta["updates"])
+        save(path, arrays, meta)
+
+    monkeypatch.setattr(checkpoint, "save", spy)
+    return seen
+
+
+def test_checkpoint_every_n_updates(corpus_file, one_go, tmp_path, monkeypatch):
+    seen = saved_updates(monkeypatch)
+    out = tmp_path / "run"
+    config = small_config("reference", checkpoint_every=30)
+    Trainer(load_corpus(corpus_file), config, out).run(N, progress=False)
+    assert seen == [0, *range(30, N, 30), N]
+    assert_same_run(one_go, out)
+
+
+def test_timed_checkpoints_change_no_numbers(corpus_file, one_go, tmp_path, monkeypatch):
+    seen = saved_updates(monkeypatch)
+    out = tmp_path / "run"
+    config = small_config("reference", checkpoint_seconds=1e-9)  # due at every block end
+    trainer = Trainer(load_corpus(corpus_file), config, out)
+    trainer.run(N, progress=False)
+    blocks = sorted({*range(0, N, 7), *range(0, N, 40), N})  # print_every 7, sample_every 40
+    assert seen == blocks + [N]
+    assert_same_run(one_go, out)
+
+
+def cli_command(corpus: Path, out: Path, updates: int, resume: bool) -> list[str]:
+    settings = [
+        "--engine", "reference", "--m", "8", "--seq-length", "10", "--print-every", "10",
+        "--sample-every", "500", "--sample-length", "30", "--passage-length", "50",
+        "--checkpoint-every", "50",
+    ]  # fmt: skip
+    start = ["--resume", str(out)] if resume else [str(corpus), "--out", str(out), *settings]
+    return [sys.executable, "-m", "charwise", "train", *start, "--updates", str(updates)]
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": SRC}
+
+
+def rows_written(out: Path) -> int:
+    try:
+        return (out / "metrics.csv").read_bytes().count(b"\n") - 1
+    except OSError:
+        return -1
+
+
+def wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the training process made no progress"
+        time.sleep(0.002)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+    """20 SIGKILLs (some at start-up, some inside checkpoint writes), 20 restarts, no loss."""
+    corpus = write_corpus(tmp_path / "words.txt", n_words=400, seed=1)
+    updates, kills, restarts, mid_write = 8000, 20, 0, 0
+    whole = tmp_path / "whole"
+    subprocess.run(cli_command(corpus, whole, updates, False), env=env(), check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    out, rng = tmp_path / "killed", random.Random(20261122)
+    targets = sorted(rng.sample(range(1, updates - 500), kills - 2))
+    plan = [(0, rng.uniform(0.0, 0.6)) for _ in range(2)] + [(t, None) for t in targets]
+    for i, (target, delay) in enumerate(plan):
+        resume = (out / CHECKPOINT).exists()
+        restarts += resume
+        stale = set(out.glob(".*.tmp"))
+        proc = subprocess.Popen(
+            cli_command(corpus, out, updates, resume),
+            env=env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        if delay is not None:
+            time.sleep(delay)  # during start-up, maybe before the first checkpoint exists
+        else:
+            wait_for(lambda t=target, p=proc: rows_written(out) >= t or p.poll() is not None)
+            if i % 4 == 3:  # aim at a checkpoint write: kill while its temporary file exists
+                wait_for(lambda p=proc: any(out.glob(".*.tmp")) or p.poll() is not None)
+            else:
+                time.sleep(rng.uniform(0.0, 0.05))
+        assert proc.poll() is None, f"finished before kill {i + 1}: {proc.stderr.read()}"
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+        mid_write += bool(set(out.glob(".*.tmp")) - stale)  # this process died mid-save
+    final = subprocess.run(
+        cli_command(corpus, out, updates, True), env=env(), capture_output=True, text=True
+    )
+    assert final.returncode == 0, final.stderr
+    restarts += 1
+    print(f"\n{kills} SIGKILLs, {restarts} resumes, {mid_write} kills inside checkpoint writes")
+    assert restarts >= kills - 2 and mid_write >= 1
+    assert_same_run(whole, out)
+    arrays, _ = checkpoint.load(out / CHECKPOINT)
+    assert all(np.isfinite(a).all() for a in arrays.values())
