@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -163,3 +164,34 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     assert_same_run(whole, out)
     arrays, _ = checkpoint.load(out / CHECKPOINT)
     assert all(np.isfinite(a).all() for a in arrays.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_with_a_checkpoint_and_resume_hint(sig, status, tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt", n_words=400, seed=1)
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        cli_command(corpus, out, 10**6, False),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: rows_written(out) >= 300 or proc.poll() is not None)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    stopped = checkpoint.load(out / CHECKPOINT)[1]["updates"]
+    name = signal.Signals(sig).name
+    assert f"stopped by {name} at update {stopped}; checkpoint saved" in err
+    assert f"Continue with: charwise train --resume {out}" in err
+    assert rows_written(out) == stopped >= 300  # nothing trained after the checkpoint
+    # the stopped run, resumed, equals a run that was never stopped
+    target = stopped + 77
+    done = subprocess.run(cli_command(corpus, out, target, True), env=env(), capture_output=True)
+    assert done.returncode == 0, done.stderr
+    whole = tmp_path / "whole"
+    subprocess.run(cli_command(corpus, whole, target, False), env=env(), check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    assert_same_run(whole, out)
