@@ -195,3 +195,70 @@ def test_signal_stops_with_a_checkpoint_and_resume_hint(sig, status, tmp_path):
     subprocess.run(cli_command(corpus, whole, target, False), env=env(), check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip
     assert_same_run(whole, out)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(corpus_file, one_go, tmp_path):
+    corpus, out = load_corpus(corpus_file), tmp_path / "run"
+    trainer = Trainer(corpus, small_config("reference", eta=1e308), out)
+    with np.errstate(all="ignore"):
+        with pytest.raises(charwise.CharwiseError) as err:
+            trainer.run(N, progress=False)
+    message = str(err.value)
+    assert message.startswith("training diverged at update 2 (loss nan or a gradient")
+    assert "checkpoint (update 0) is kept" in message and "--eta 1e+307" in message
+    assert "\n" not in message
+    # the kept checkpoint is the untouched start: resumed with a sane eta it is the normal run
+    Trainer.resume(out, corpus, eta=0.1).run(N, progress=False)
+    assert_same_run(one_go, out)
+
+
+def test_huge_learning_rate_trips_the_smooth_loss_rule(corpus_file, tmp_path):
+    corpus, out = load_corpus(corpus_file), tmp_path / "run"
+    Trainer(corpus, small_config("reference"), out).run(90, progress=False)
+    before = (out / CHECKPOINT).read_bytes()
+    with pytest.raises(charwise.CharwiseError) as err:
+        Trainer.resume(out, corpus, eta=1e6).run(N, progress=False)
+    message = str(err.value)
+    assert message.startswith("training diverged at update 92 (smooth loss ")
+    assert "rose above 2 x its start" in message and "(update 90) is kept" in message
+    assert f"charwise train --resume {out} --eta 100000" in message
+    assert (out / CHECKPOINT).read_bytes() == before
+
+
+def test_slow_blow_up_stops_after_periodic_checkpoints(corpus_file, tmp_path):
+    corpus, out = load_corpus(corpus_file), tmp_path / "run"
+    trainer = Trainer(corpus, small_config("reference", eta=10.0, checkpoint_every=20), out)
+    with pytest.raises(charwise.CharwiseError, match="rose above 2 x its start") as err:
+        trainer.run(10 * N, progress=False)
+    update = int(str(err.value).split("update ")[1].split(" ")[0])
+    arrays, meta = checkpoint.load(out / CHECKPOINT)
+    smooth = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1)[:, 3]
+    assert smooth[update - 1] > 2 * smooth[0] >= smooth[: update - 1].max()
+    assert meta["updates"] == (update - 1) // 20 * 20 > 0
+    assert meta["smooth_loss"] == smooth[meta["updates"] - 1] <= 2 * smooth[0]
+    assert all(np.isfinite(a).all() for a in arrays.values())
+
+
+def test_a_non_finite_state_is_never_saved(corpus_file, tmp_path):
+    corpus, out = load_corpus(corpus_file), tmp_path / "run"
+    trainer = Trainer(corpus, small_config("reference"), out)
+    trainer.run(20, progress=False)
+    before = (out / CHECKPOINT).read_bytes()
+    trainer.state.G.W[1, 2] = np.inf
+    with pytest.raises(charwise.CharwiseError, match=r"non-finite values \(G_W\) at update 20"):
+        trainer.save_checkpoint()
+    assert (out / CHECKPOINT).read_bytes() == before
+
+
+def test_cli_divergence_is_one_line(corpus_file, tmp_path):
+    from click.testing import CliRunner
+
+    from charwise.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", str(corpus_file), "--out", str(out), "--engine", "reference", "--m", "8"]
+    result = CliRunner().invoke(main, [*args, "--eta", "1e6", "--updates", "50", "--no-progress"])
+    assert result.exit_code == 1
+    last = result.stderr.strip()
+    assert last.startswith("charwise: error: training diverged at update 2 (smooth loss")
+    assert last.endswith(f"charwise train --resume {out} --eta 100000")

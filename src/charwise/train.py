@@ -24,6 +24,7 @@ CHECKPOINT = "checkpoint.npz"  # a run directory's resumable state (final.npz: t
 BLOCK_MAX = 1000  # most updates per engine call, so Ctrl-C and timed checkpoints stay prompt
 # Settings a resume may change: none of them alters the state, only what happens next.
 METRICS_HEADER = "update,epoch,loss,smooth_loss"
+DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x the loss of update 1
 MAY_CHANGE = (
     "eta",
     "print_every",
@@ -196,7 +197,7 @@ class Trainer:
         self.resumes: list[dict] = []  # each resume: its update and the settings it changed
         self.fresh = True  # no files written yet (False once run() starts or after a resume)
         self.stop_signal = 0  # set by SIGINT/SIGTERM; training stops at the next block end
-        self.saved_at = time.monotonic()
+        self.saved_at, self.saved_update = time.monotonic(), self.state.updates
 
     @classmethod
     def resume(cls, out: str | Path, corpus: Corpus | None = None, **changes) -> Trainer:
@@ -282,7 +283,7 @@ class Trainer:
             raise CharwiseError(f"{where}: inconsistent training counters; the file is corrupt")
         state.updates, state.smooth_loss = updates, smooth
         state.best_update, state.best_smooth, state.best_x0 = best_update, best_smooth, best_x0
-        self.first_loss = first
+        self.first_loss, self.saved_update = first, updates
         self.fresh = False
 
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -315,8 +316,10 @@ class Trainer:
                     stops = [_next_multiple(state.updates, e) for e in self._intervals()]
                     n = min(*stops, state.updates + BLOCK_MAX, updates) - state.updates
                     u0, smooth0 = state.updates, state.smooth_loss
-                    losses = self._train_block(n)
-                    self._append_metrics(metrics, u0, smooth0, losses)
+                    losses, done = self._train_block(n)
+                    smooth = _smooth_curve(u0, smooth0, losses[:done])
+                    self._append_metrics(metrics, u0, losses[:done], smooth)
+                    self._check_divergence(u0, losses, done, smooth)
                     self._after_block(bar)
                     if self._checkpoint_due() or self.stop_signal:
                         self.save_checkpoint()
@@ -344,7 +347,8 @@ class Trainer:
         )
         return bool(timed or (cfg.checkpoint_every and u % cfg.checkpoint_every == 0))
 
-    def _train_block(self, n: int) -> np.ndarray:
+    def _train_block(self, n: int) -> tuple[np.ndarray, int]:
+        """The losses of up to n updates and how many were done (fewer: non-finite)."""
         state, cfg = self.state, self.config
         u0 = state.updates
         starts, lengths, resets = self.schedule.block(u0, n)
@@ -356,20 +360,36 @@ class Trainer:
         self.elapsed += time.perf_counter() - t0
         if u0 == 0 and done > 0:
             self.first_loss = float(losses[0])
-        if done < n:
-            update = state.updates + 1
-            raise CharwiseError(
-                f"training diverged at update {update} (loss {losses[done]}); the last good "
-                f"model is in {self.out}; lower --eta (now {cfg.eta})"
-            )
-        return losses
+        return losses, done
 
-    def _append_metrics(self, path: Path, u0: int, smooth: float, losses: np.ndarray) -> None:
-        rows = []
-        for i, loss in enumerate(losses.tolist()):
-            u = u0 + i + 1
-            smooth = loss if u == 1 else 0.999 * smooth + 0.001 * loss
-            rows.append(f"{u},{self.schedule.epoch(u)},{loss!r},{smooth!r}\n")
+    def _check_divergence(self, u0: int, losses: np.ndarray, done: int, smooth: list) -> None:
+        """Stop on a non-finite loss or gradient, or when the smooth loss passes
+        DIVERGE_FACTOR x the first update's loss (about tau ln K, a uniform guess): a
+        learning run never gets that much worse than guessing, a diverging one does."""
+        limit = DIVERGE_FACTOR * self.first_loss
+        high = next((i for i, s in enumerate(smooth) if s > limit), None)
+        if high is not None:
+            reason = (
+                f"smooth loss {smooth[high]:.4g} rose above {DIVERGE_FACTOR:g} x its start "
+                f"{self.first_loss:.4g}"
+            )
+            self._diverged(u0 + high + 1, reason)
+        if done < len(losses):
+            self._diverged(u0 + done + 1, f"loss {losses[done]} or a gradient is not finite")
+
+    def _diverged(self, update: int, reason: str):
+        raise CharwiseError(
+            f"training diverged at update {update} ({reason}); the last good checkpoint "
+            f"(update {self.saved_update}) is kept; continue it with a lower learning rate: "
+            f"charwise train --resume {self.out} --eta {self.config.eta / 10:g}"
+        )
+
+    def _append_metrics(self, path: Path, u0: int, losses: np.ndarray, smooth: list) -> None:
+        updates = range(u0 + 1, u0 + len(losses) + 1)
+        rows = [
+            f"{u},{self.schedule.epoch(u)},{loss!r},{s!r}\n"
+            for u, loss, s in zip(updates, losses.tolist(), smooth, strict=True)
+        ]
         with path.open("a") as f:
             f.writelines(rows)
 
@@ -427,7 +447,13 @@ class Trainer:
         for name in ("metrics.csv", "samples.txt"):
             with (self.out / name).open("ab") as f:
                 os.fsync(f.fileno())
-        s, vocab = self.state, self.corpus.vocab
+        s, vocab, arrays = self.state, self.corpus.vocab, self.state_arrays()
+        bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
+        if bad or (s.updates and not np.isfinite([s.smooth_loss, s.best_smooth]).all()):
+            raise CharwiseError(
+                f"refusing to overwrite the checkpoint in {self.out} with non-finite values "
+                f"({', '.join(bad) or 'smooth loss'}) at update {s.updates}; lower --eta"
+            )
         meta = self.meta() | {
             "kind": "checkpoint",
             "vocab": vocab.to_json(),
@@ -437,8 +463,8 @@ class Trainer:
             "sample_rng": self.sample_rng.bit_generator.state,
             "resumes": self.resumes,
         }
-        checkpoint.save(self.out / CHECKPOINT, self.state_arrays(), meta)
-        self.saved_at = time.monotonic()
+        checkpoint.save(self.out / CHECKPOINT, arrays, meta)
+        self.saved_at, self.saved_update = time.monotonic(), self.state.updates
 
     def meta(self) -> dict:
         s = self.state
@@ -512,6 +538,15 @@ class _stop_on_signals:
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+def _smooth_curve(u0: int, smooth: float, losses: np.ndarray) -> list[float]:
+    """The smooth loss after each of the updates u0+1, ... (SPEC.md), as the engines keep it."""
+    curve = []
+    for u, loss in enumerate(losses.tolist(), start=u0 + 1):
+        smooth = loss if u == 1 else 0.999 * smooth + 0.001 * loss
+        curve.append(smooth)
+    return curve
 
 
 def _next_multiple(u: int, every: int) -> int:
