@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 
@@ -16,6 +18,9 @@ from charwise.errors import CharwiseError
 FORMAT = "charwise-checkpoint"
 VERSION = 1
 META_KEY = "__meta__"  # the JSON metadata, stored as a uint8 array of UTF-8 bytes
+MAX_BYTES = 2 * 1024**3  # most bytes a checkpoint may hold or unpack to (zip-bomb guard)
+DTYPES = ("<f8", ">f8", "<f4", ">f4", "|u1")  # array types charwise writes; nothing else loads
+COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # both read with bounded output
 
 
 def save(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -41,35 +46,103 @@ def save(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
         os.close(dir_fd)
 
 
-def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """Arrays and metadata from a checkpoint; never unpickles; one-line errors when broken."""
+def load(path: str | Path, max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays and metadata from a checkpoint; never unpickles; one-line errors when broken.
+
+    Every size is checked against `max_bytes` from the zip directory and the .npy headers
+    before anything is decompressed or allocated (zip bombs, crafted shapes).
+    """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise CharwiseError(f"checkpoint not found: {path}") from None
-    except OSError as exc:
-        raise CharwiseError(f"cannot read checkpoint {path}: {exc.strerror}") from None
     what = f"{path} is not a charwise checkpoint"
     try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        reason = "truncated or corrupt" if raw[:2] == b"PK" else "not an .npz file"
-        if "pickle" in str(exc):
-            reason = "it holds pickled objects, which charwise never loads"
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            _check_directory(infos, size, max_bytes, what)
+            arrays = {info.filename[:-4]: _read_npy(zf, info, what) for info in infos}
+    except FileNotFoundError:
+        raise CharwiseError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise CharwiseError(f"{path} is a folder; point to a checkpoint .npz file") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError):
+        reason = "it is empty" if size == 0 else "truncated or corrupt"
+        with path.open("rb") as f:
+            if size and f.read(2) != b"PK":
+                reason = "not an .npz file"
         raise CharwiseError(f"{what} ({reason}); point to a file written by charwise") from None
+    except OSError as exc:
+        raise CharwiseError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    meta = _read_meta(arrays.pop(META_KEY, None), what)
+    return arrays, meta
+
+
+def _check_directory(infos: list[zipfile.ZipInfo], size: int, max_bytes: int, what: str) -> None:
+    """Names, compression methods and claimed sizes of the zip members, before any is read."""
+    names = [info.filename for info in infos]
+    total = sum(info.file_size for info in infos)
+    if total > max_bytes or size > max_bytes:
+        raise CharwiseError(
+            f"{what}: it would unpack to {max(total, size):,} bytes, over the "
+            f"{max_bytes:,}-byte limit (a zip bomb?); point to a file written by charwise"
+        )
+    bad = [n for n in names if not n.endswith(".npy") or "/" in n or "\\" in n]
+    if bad or len(set(names)) != len(names):
+        raise CharwiseError(f"{what}: unexpected entries {bad or 'with duplicate names'}")
+    odd = [i.filename for i in infos if i.compress_type not in COMPRESSIONS]
+    if odd:
+        raise CharwiseError(f"{what}: entries {odd} use a compression charwise does not read")
+
+
+def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> np.ndarray:
+    """One .npy member: header checked (plain numeric dtype, size matches) before the data."""
+    with zf.open(info) as member:
+        chunks, left = [], info.file_size
+        while left > 0:  # bounded reads: the declared size caps what is decompressed
+            chunk = member.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if member.read(1):
+            raise zipfile.BadZipFile("member longer than declared")
+    f = io.BytesIO(b"".join(chunks))
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"unsupported .npy version {version}")
+    read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
     try:
-        meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
+        shape, fortran, dtype = read_header(f)
+    except (SyntaxError, TokenError, TypeError, RecursionError, MemoryError) as exc:
+        raise ValueError("unreadable .npy header") from exc  # numpy's parser, fed garbage
+    name = info.filename[:-4]
+    if dtype.hasobject:
+        raise CharwiseError(
+            f"{what}: array {name} holds pickled objects, which charwise never loads"
+        )
+    if dtype.str not in DTYPES:
+        raise CharwiseError(f"{what}: array {name} has dtype {dtype}, not one charwise writes")
+    data = f.read()
+    if any(d < 0 for d in shape) or len(data) != math.prod(shape) * dtype.itemsize:
+        raise CharwiseError(f"{what}: array {name} claims shape {shape} but holds other data")
+    a = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+    return a.astype(dtype.newbyteorder("="))  # a native-order, writable copy
+
+
+def _read_meta(raw: np.ndarray | None, what: str) -> dict:
+    """The JSON metadata entry: a charwise format tag and a version this code reads."""
+    try:
+        if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError
+        meta = json.loads(raw.tobytes().decode())
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError
-    except (KeyError, ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CharwiseError(
             f"{what} (no charwise metadata); point to a .npz from charwise"
         ) from None
     if meta.get("version") != VERSION:
         raise CharwiseError(
-            f"{path} has checkpoint format version {meta.get('version')}, this charwise reads "
-            f"version {VERSION}; upgrade charwise or retrain"
+            f"{what.split(' is ')[0]} has checkpoint format version {meta.get('version')!r}, "
+            f"this charwise reads version {VERSION}; upgrade charwise or retrain"
         )
-    return arrays, meta
+    return meta

@@ -54,7 +54,7 @@ def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict")
     except OSError as exc:
         raise CharwiseError(f"cannot read corpus {path}: {exc.strerror}") from None
     try:
-        return raw.decode(encoding, errors=errors)
+        text = raw.decode(encoding, errors=errors)
     except LookupError:
         raise CharwiseError(f"unknown encoding {encoding!r}; try --encoding utf-8") from None
     except UnicodeDecodeError as exc:
@@ -62,6 +62,12 @@ def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict")
             f"{path} is not valid {exc.encoding} at byte offset {exc.start}; "
             "pass its real --encoding (e.g. latin-1) or --errors replace"
         ) from None
+    if "\0" in text:
+        raise CharwiseError(
+            f"{path} looks binary (a NUL character at offset {text.index(chr(0))}); "
+            "give a text file, or its real --encoding if it is UTF-16/32"
+        )
+    return text
 
 
 def load_corpus(spec: str | Path = BUILTIN, encoding: str = "utf-8", errors: str = "strict"):

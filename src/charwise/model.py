@@ -72,15 +72,27 @@ class CharRNN:
         missing = [name for name in NAMES if name not in arrays]
         if missing:
             raise CharwiseError(f"{path} lacks parameter arrays {missing}; it is not a model")
+        b, c = arrays["b"], arrays["c"]
+        if b.ndim != 1 or c.ndim != 1 or not len(b) or not len(vocab):
+            raise CharwiseError(f"{path}: a model needs m >= 1 and K >= 1; the file is corrupt")
         params = RNNParams(*(arrays.pop(name) for name in NAMES))
         m, K = params.m, len(vocab)
-        expected = {"b": (m,), "c": (K,), "U": (m, K), "W": (m, m), "V": (K, m)}
-        for name, a in params.items():
-            if a.shape != expected[name] or a.dtype not in (np.float32, np.float64):
+        shapes = {"b": (m,), "c": (K,), "U": (m, K), "W": (m, m), "V": (K, m)}
+        expected = shapes | {f"G_{n}": s for n, s in shapes.items()}
+        expected |= {f"best_{n}": s for n, s in shapes.items()}
+        expected |= {"h_prev": (m,), "h0": (m,), "best_h": (m,)}
+        for name, a in [*params.items(), *arrays.items()]:
+            if a.shape != expected.get(name, a.shape) or a.dtype != params.dtype:
                 raise CharwiseError(
-                    f"{path}: parameter {name} has shape {a.shape} and dtype {a.dtype}, expected "
-                    f"{expected[name]} float for m={m}, K={K}; the file is corrupt"
+                    f"{path}: array {name} has shape {a.shape} and dtype {a.dtype}, expected "
+                    f"{expected.get(name, a.shape)} {params.dtype} for m={m}, K={K}; "
+                    "the file is corrupt"
                 )
             if not np.isfinite(a).all():
-                raise CharwiseError(f"{path}: parameter {name} holds NaN or infinity")
+                raise CharwiseError(f"{path}: array {name} holds NaN or infinity")
+        if params.dtype not in (np.float32, np.float64):
+            raise CharwiseError(f"{path}: parameters are {params.dtype}, not float")
+        x0 = meta.get("x0", 0)
+        if type(x0) is not int or not 0 <= x0 < K:
+            raise CharwiseError(f"{path}: start character {x0!r} is not in the vocabulary")
         return cls(vocab, params, meta), arrays

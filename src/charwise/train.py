@@ -218,11 +218,14 @@ class Trainer:
                 f"(only {', '.join(MAY_CHANGE)} may change)"
             )
         config = replace(config, **changes)
-        source = meta.get("corpus", {}).get("source")
+        source = meta["corpus"].get("source") if isinstance(meta.get("corpus"), dict) else None
         if corpus is None:
-            if not isinstance(source, dict):
-                raise CharwiseError(f"{out} does not record its corpus; pass the CORPUS again")
-            corpus = load_corpus(**source)
+            try:
+                corpus = load_corpus(**source)
+            except TypeError:
+                raise CharwiseError(
+                    f"{out} does not record its corpus; pass the CORPUS again"
+                ) from None
         vocab = Vocab.from_json(meta.get("vocab"))
         if vocab != corpus.vocab:
             raise CharwiseError(
@@ -509,12 +512,18 @@ def _config_from(saved, out: Path) -> TrainConfig:
     if not isinstance(saved, dict) or not saved.keys() <= known:
         extra = sorted(saved.keys() - known) if isinstance(saved, dict) else saved
         raise CharwiseError(f"{out}: unknown settings {extra} in its checkpoint; update charwise")
-    try:
-        config = TrainConfig(**saved)
-        config.check()
-    except TypeError as exc:
-        raise CharwiseError(f"{out}: bad settings in its checkpoint ({exc})") from None
+    config = TrainConfig(**saved)
+    wrong = [f.name for f in fields(config) if not _same_kind(getattr(config, f.name), f.default)]
+    if wrong:
+        raise CharwiseError(f"{out}: settings {wrong} in its checkpoint have wrong types")
+    config.check()
     return config
+
+
+def _same_kind(value, default) -> bool:
+    """Whether a saved setting has its default's type (an int may stand for a float)."""
+    kinds = (int, float) if isinstance(default, float) else (type(default),)
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 class _stop_on_signals:
