@@ -63,10 +63,10 @@ def saved_updates(monkeypatch) -> list[int]:
     seen = []
     save = checkpoint.save
 
-    def spy(path, arrays, meta):
+    def spy(path, arrays, meta, **kw):
         if Path(path).name == CHECKPOINT:
             seen.append(meta["updates"])
-        save(path, arrays, meta)
+        save(path, arrays, meta, **kw)
 
     monkeypatch.setattr(checkpoint, "save", spy)
     return seen

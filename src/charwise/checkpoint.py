@@ -16,17 +16,18 @@ import numpy as np
 from charwise.errors import CharwiseError
 
 FORMAT = "charwise-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: metadata names its kind, "model" or a resumable training "checkpoint"
+KINDS = ("model", "checkpoint")
 META_KEY = "__meta__"  # the JSON metadata, stored as a uint8 array of UTF-8 bytes
 MAX_BYTES = 2 * 1024**3  # most bytes a checkpoint may hold or unpack to (zip-bomb guard)
 DTYPES = ("<f8", ">f8", "<f4", ">f4", "|u1")  # array types charwise writes; nothing else loads
 COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # both read with bounded output
 
 
-def save(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+def save(path: str | Path, arrays: dict[str, np.ndarray], meta: dict, kind: str = "model") -> None:
     """Write arrays and metadata to path atomically: temporary file, fsync, rename, fsync dir."""
     path = Path(path)
-    meta = {"format": FORMAT, "version": VERSION, **meta}
+    meta = {**meta, "format": FORMAT, "version": VERSION, "kind": kind}
     payload = {**arrays, META_KEY: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -140,9 +141,21 @@ def _read_meta(raw: np.ndarray | None, what: str) -> dict:
         raise CharwiseError(
             f"{what} (no charwise metadata); point to a .npz from charwise"
         ) from None
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in UPGRADES and meta.get("version") != VERSION:
         raise CharwiseError(
             f"{what.split(' is ')[0]} has checkpoint format version {meta.get('version')!r}, "
-            f"this charwise reads version {VERSION}; upgrade charwise or retrain"
+            f"this charwise reads versions 1 to {VERSION}; upgrade charwise or retrain"
         )
+    while meta["version"] != VERSION:  # older files: bring their metadata up to date
+        UPGRADES[meta["version"]](meta)
+    if meta.get("kind") not in KINDS:
+        raise CharwiseError(f"{what} (unknown kind {meta.get('kind')!r})")
     return meta
+
+
+def _upgrade_1(meta: dict) -> None:
+    """Version 1 wrote models only (final.npz, best.npz), without a kind."""
+    meta.update(version=2, kind="model")
+
+
+UPGRADES = {1: _upgrade_1}  # version -> function that lifts its metadata one version

@@ -458,7 +458,6 @@ class Trainer:
                 f"({', '.join(bad) or 'smooth loss'}) at update {s.updates}; lower --eta"
             )
         meta = self.meta() | {
-            "kind": "checkpoint",
             "vocab": vocab.to_json(),
             "best_x0": s.best_x0,
             "first_loss": self.first_loss,
@@ -466,7 +465,7 @@ class Trainer:
             "sample_rng": self.sample_rng.bit_generator.state,
             "resumes": self.resumes,
         }
-        checkpoint.save(self.out / CHECKPOINT, arrays, meta)
+        checkpoint.save(self.out / CHECKPOINT, arrays, meta, kind="checkpoint")
         self.saved_at, self.saved_update = time.monotonic(), self.state.updates
 
     def meta(self) -> dict:

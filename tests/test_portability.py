@@ -1,0 +1,141 @@
+"""Portability: format versions, float32 files, byte order, engines reading each other's files."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from charwise import checkpoint
+from charwise.cli import main
+from charwise.corpus import load_corpus
+from charwise.errors import CharwiseError
+from charwise.model import CharRNN
+from charwise.train import CHECKPOINT, Trainer
+from charwise.vocab import Vocab
+from runs import small_config, write_corpus
+
+needs_fast = pytest.mark.skipif(
+    importlib.util.find_spec("charwise.engines.fast") is None,
+    reason="charwise.engines.fast not written yet",
+)
+VOCAB = Vocab("\n abcdefghij.")
+
+
+def model(dtype=np.float64) -> CharRNN:
+    """A model with non-trivial weights (sig 0.5) so samples depend on every parameter."""
+    return CharRNN.init(VOCAB, m=6, sig=0.5, seed=3, dtype=dtype)
+
+
+def write_version_1(path, rnn: CharRNN) -> None:
+    """A model file exactly as charwise 0.1 (format version 1) wrote it."""
+    meta = {"format": checkpoint.FORMAT, "version": 1, **rnn.meta, "vocab": VOCAB.to_json()}
+    payload = dict(rnn.params.items())
+    payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **payload)
+
+
+def test_new_files_carry_version_and_kind(tmp_path):
+    corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
+    out = tmp_path / "run"
+    Trainer(corpus, small_config("reference"), out).run(10, progress=False)
+    kinds = {name: checkpoint.load(out / name)[1] for name in (CHECKPOINT, "final.npz", "best.npz")}
+    assert {m["version"] for m in kinds.values()} == {checkpoint.VERSION} == {2}
+    assert [m["kind"] for m in kinds.values()] == ["checkpoint", "model", "model"]
+
+
+def test_version_1_models_still_load_and_sample(tmp_path):
+    rnn = model()
+    write_version_1(tmp_path / "v1.npz", rnn)
+    rnn.save(tmp_path / "v2.npz")
+    old, _ = CharRNN.load(tmp_path / "v1.npz")
+    assert old.meta["version"] == 2 and old.meta["kind"] == "model"
+    for a, b in zip(old.params.arrays(), rnn.params.arrays(), strict=True):
+        assert np.array_equal(a, b)
+    new, _ = CharRNN.load(tmp_path / "v2.npz")
+    assert old.sample(300, seed=5) == new.sample(300, seed=5) == rnn.sample(300, seed=5)
+    # a version-1 file is a model, never a resumable state
+    out = tmp_path / "run"
+    out.mkdir()
+    write_version_1(out / CHECKPOINT, rnn)
+    with pytest.raises(CharwiseError, match="a model, not a training checkpoint"):
+        Trainer.resume(out, load_corpus(write_corpus(tmp_path / "w.txt")))
+
+
+def test_float32_file_samples_with_the_reference_engine(tmp_path):
+    rnn32 = model(np.float32)
+    rnn32.save(tmp_path / "f32.npz")
+    loaded, _ = CharRNN.load(tmp_path / "f32.npz")
+    assert loaded.params.dtype == np.float32
+    # the reference engine computes in float64: the same as the float64 copy of the weights
+    rnn64 = CharRNN(VOCAB, loaded.params.astype(np.float64))
+    text = loaded.sample(400, prime="abc", seed=9, engine="reference")
+    assert text == rnn64.sample(400, prime="abc", seed=9, engine="reference")
+    result = CliRunner().invoke(main, ["sample", str(tmp_path / "f32.npz"), "--seed", "9"])
+    assert result.exit_code == 0 and len(result.stdout.rstrip("\n")) >= 900
+
+
+def write_with_order(path, rnn: CharRNN, byteorder: str, fortran: bool) -> None:
+    """A file written on a machine of the other byte order, or with Fortran-ordered arrays."""
+    buf = io.BytesIO()
+    arrays = {k: v.astype(v.dtype.newbyteorder(byteorder)) for k, v in rnn.params.items()}
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, a in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.asfortranarray(a) if fortran else a)
+            zf.writestr(f"{name}.npy", member.getvalue())
+        meta = {
+            "format": checkpoint.FORMAT,
+            "version": 2,
+            "kind": "model",
+            "vocab": VOCAB.to_json(),
+        }
+        member = io.BytesIO()
+        np.lib.format.write_array(member, np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        zf.writestr("__meta__.npy", member.getvalue())
+    path.write_bytes(buf.getvalue())
+
+
+@pytest.mark.parametrize("byteorder, fortran", [(">", False), ("<", True), (">", True)])
+def test_big_endian_and_fortran_files(byteorder, fortran, tmp_path):
+    rnn = model()
+    write_with_order(tmp_path / "x.npz", rnn, byteorder, fortran)
+    loaded, _ = CharRNN.load(tmp_path / "x.npz")
+    for a, b in zip(loaded.params.arrays(), rnn.params.arrays(), strict=True):
+        assert a.dtype == np.float64 and a.dtype.isnative and np.array_equal(a, b)
+    assert loaded.sample(200, seed=1) == rnn.sample(200, seed=1)
+
+
+@needs_fast
+def test_fast_float32_run_loads_in_the_reference_engine(tmp_path):
+    corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
+    out = tmp_path / "run"
+    Trainer(corpus, small_config("fast", dtype="float32"), out).run(60, progress=False)
+    for name in (CHECKPOINT, "final.npz", "best.npz"):
+        loaded, _ = CharRNN.load(out / name)
+        assert loaded.params.dtype == np.float32
+        text = loaded.sample(200, seed=2, engine="reference")
+        assert text == CharRNN(loaded.vocab, loaded.params.astype(np.float64)).sample(200, seed=2)
+    with pytest.raises(CharwiseError, match="reference engine is float64 only"):
+        Trainer.resume(out, corpus, engine="reference")
+
+
+@needs_fast
+def test_reference_run_continues_and_samples_in_the_fast_engine(tmp_path):
+    corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
+    out = tmp_path / "run"
+    Trainer(corpus, small_config("reference"), out).run(60, progress=False)
+    loaded, _ = CharRNN.load(out / "best.npz")
+    assert loaded.sample(200, seed=4, engine="fast") == loaded.sample(200, seed=4)
+    trainer = Trainer.resume(out, corpus, engine="fast")
+    trainer.run(120, progress=False)
+    assert trainer.state.updates == 120 and np.isfinite(trainer.state.smooth_loss)
+    assert checkpoint.load(out / CHECKPOINT)[1]["resumes"][-1]["changed"] == {
+        "engine": ["reference", "fast"]
+    }
