@@ -92,8 +92,14 @@ def test_cli_resume_matches_one_go(corpus_file, tmp_path):
     assert result.exit_code == 0, result.output
     assert "resuming at update 90" in result.output
     assert_same_run(whole, part)
-    # without --updates, a resume aims at the target recorded in the checkpoint
-    result = cli("train", "--resume", part)
+    # a kill after the last checkpoint but before the final files: a resume writes them
+    for name in ("final.npz", "best.npz", "best_passage.txt", "loss.png"):
+        (part / name).unlink()
+    result = cli("train", "--resume", part)  # no --updates: the target in the checkpoint
+    assert result.exit_code == 0, result.output
+    assert_same_run(whole, part)
+    assert (part / "loss.png").exists()
+    result = cli("train", "--resume", part, "--updates", N - 1)
     assert result.exit_code == 1 and f"already has {N} updates" in result.output
 
 

@@ -127,8 +127,14 @@ def gradcheck(corpus, encoding, errors, m, step, seq_length, sig, seed, threshol
 def train(ctx, corpus, encoding, errors, updates, out, resume, no_progress, **settings):
     """Train on CORPUS (a text file or the built-in python-docs) with the SPEC.md protocol.
 
-    With --resume RUN_DIR, continue that run exactly where its checkpoint left it; its
-    corpus and settings are read from the checkpoint (see MAY_CHANGE for what may differ).
+    \b
+    RUN_DIR/checkpoint.npz is rewritten (atomically) every --checkpoint-every updates, every
+    --checkpoint-seconds, on Ctrl-C/SIGTERM (exit 130/143) and at the end. --resume RUN_DIR
+    continues exactly where it left off, reading corpus and settings from the checkpoint;
+    only --updates, --eta, --print-every, --sample-every, --sample-length, --passage-length,
+    --checkpoint-every, --checkpoint-seconds and --engine may differ (they are recorded).
+    A non-finite loss or gradient, or a smooth loss above 2x the first update's loss, stops
+    the run (exit 1); the last good checkpoint is kept.
     """
     from charwise.train import CHECKPOINT, Interrupted, Trainer
 
@@ -140,7 +146,7 @@ def train(ctx, corpus, encoding, errors, updates, out, resume, no_progress, **se
         trainer = Trainer.resume(resume, c, **{k: v for k, v in settings.items() if k in given})
         c, out = trainer.corpus, resume
         updates = updates if "updates" in given else trainer.target
-        if trainer.state.updates >= updates:
+        if trainer.state.updates > updates:  # equal: only the final artefacts are (re)written
             raise CharwiseError(
                 f"{out} already has {trainer.state.updates:,} updates; pass a larger --updates"
             )

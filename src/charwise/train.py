@@ -60,7 +60,10 @@ class TrainConfig:
         bad = [name for name in positive if getattr(self, name) < 1]
         bad += [n for n in ("checkpoint_every", "checkpoint_seconds") if getattr(self, n) < 0]
         if bad or not self.eta > 0 or not self.sig > 0:
-            raise CharwiseError(f"settings must be positive: {', '.join(bad) or 'eta/sig'}")
+            raise CharwiseError(
+                f"settings out of range: {', '.join(bad) or 'eta/sig'} (counts and eta, sig "
+                "must be positive; checkpoint intervals >= 0)"
+            )
         if self.dtype not in ("float64", "float32"):
             raise CharwiseError("--dtype must be float64 or float32")
         if self.dtype == "float32" and self.engine == "reference":
@@ -101,8 +104,8 @@ def _sample_records(raw: str):
         if end < 0:
             return
         try:
-            fields_ = raw[pos:end].strip("- ").split(", ")
-            rec = dict(field.split(" ", 1) for field in fields_)
+            parts = raw[pos:end].strip("- ").split(", ")
+            rec = dict(part.split(" ", 1) for part in parts)
             n, update, epoch = int(rec["chars"]), int(rec["update"]), int(rec["epoch"])
             smooth = float(rec["loss"])
         except (ValueError, KeyError):
