@@ -82,13 +82,18 @@ def header_claiming(shape: tuple, dtype: str = "<f8", payload: bytes = b"\0" * 1
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + payload
 
 
-def claim_size(data: bytes, size: int) -> bytes:
-    """Patch the uncompressed size of every central-directory entry (a zip-bomb claim)."""
+def patch_directory(data: bytes, offset: int, value: bytes) -> bytes:
+    """Overwrite a field at `offset` in every central-directory entry of a zip."""
     out, pos = bytearray(data), data.find(b"PK\x01\x02")
     while pos >= 0:
-        out[pos + 24 : pos + 28] = struct.pack("<I", size)
+        out[pos + offset : pos + offset + len(value)] = value
         pos = data.find(b"PK\x01\x02", pos + 4)
     return bytes(out)
+
+
+def claim_size(data: bytes, size: int) -> bytes:
+    """Claim an uncompressed size for every entry in the zip directory (a zip-bomb claim)."""
+    return patch_directory(data, 24, struct.pack("<I", size))
 
 
 def flip(data: bytes, pos: int) -> bytes:
@@ -113,7 +118,8 @@ RAW_CASES = [
     ("truncated-100-bytes", lambda ck: ck[:100], "truncated or corrupt"),
     ("flipped-data-byte", lambda ck: flip(ck, ck.index(b"\x93NUMPY") + 130), "corrupt"),
     ("zip-bomb-claim-3GiB", lambda ck: claim_size(ck, 3 << 30), "over the 2,147,483,648-byte"),
-    ("bzip2-member", lambda ck: build_zip({"a.npy": b"x"}, zipfile.ZIP_BZIP2), "compression"),
+    ("bzip2-member", lambda ck: build_zip({"a.npy": b"x"}, zipfile.ZIP_BZIP2), "unreadably"),
+    ("encrypted-flag", lambda ck: patch_directory(ck, 8, b"\x01\x00"), "are encrypted"),
     ("member-in-folder", lambda ck: build_zip({"../a.npy": b"x"}), "unexpected entries"),
     ("member-not-npy", lambda ck: build_zip({"a.pkl": b"x"}), "unexpected entries"),
     (

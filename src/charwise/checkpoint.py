@@ -89,9 +89,9 @@ def _check_directory(infos: list[zipfile.ZipInfo], size: int, max_bytes: int, wh
     bad = [n for n in names if not n.endswith(".npy") or "/" in n or "\\" in n]
     if bad or len(set(names)) != len(names):
         raise CharwiseError(f"{what}: unexpected entries {bad or 'with duplicate names'}")
-    odd = [i.filename for i in infos if i.compress_type not in COMPRESSIONS]
+    odd = [i.filename for i in infos if i.compress_type not in COMPRESSIONS or i.flag_bits & 1]
     if odd:
-        raise CharwiseError(f"{what}: entries {odd} use a compression charwise does not read")
+        raise CharwiseError(f"{what}: entries {odd} are encrypted or compressed unreadably")
 
 
 def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> np.ndarray:
