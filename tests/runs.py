@@ -17,10 +17,14 @@ WORDS = "the cat sat on a mat while dogs ran far away, quickly! Then: rest.".spl
 
 
 def engines() -> list:
-    """Both engines; the fast one is skipped only while its module does not exist yet."""
+    """Both engines (fast also in float32); fast is skipped only while it does not exist yet."""
     missing = importlib.util.find_spec("charwise.engines.fast") is None
-    skip = pytest.mark.skip(reason="charwise.engines.fast not written yet")
-    return ["reference", pytest.param("fast", marks=[skip] if missing else [])]
+    marks = [pytest.mark.skip(reason="charwise.engines.fast not written yet")] if missing else []
+    return [
+        "reference",
+        pytest.param("fast", marks=marks),
+        pytest.param("fast-float32", marks=marks),
+    ]
 
 
 def write_corpus(path: Path, n_words: int = 190, seed: int = 0) -> Path:
@@ -30,8 +34,11 @@ def write_corpus(path: Path, n_words: int = 190, seed: int = 0) -> Path:
 
 
 def small_config(engine: str, **kw) -> TrainConfig:
+    """Small, quick settings; engine "fast-float32" means the fast engine in float32."""
+    engine, _, dtype = engine.partition("-")
     settings = dict(m=8, seq_length=10, print_every=7, sample_every=40, sample_length=15)
     settings |= dict(passage_length=20, checkpoint_seconds=0, engine=engine)
+    settings |= dict(dtype=dtype or "float64")
     return TrainConfig(**(settings | kw))
 
 
