@@ -97,6 +97,11 @@ def download(ds: Dataset, path: Path) -> None:
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
             raw = response.read()
+    except urllib.error.HTTPError as exc:
+        raise CharwiseError(
+            f"cannot download {ds.name} from {url} (HTTP {exc.code} {exc.reason}); check the "
+            f"name, or place the file by hand at {path}"
+        ) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise CharwiseError(
@@ -122,8 +127,10 @@ def sha256_file(path: Path) -> str:
 
 def strip_gutenberg(text: str) -> str:
     """The book between Project Gutenberg's START and END marker lines (all of it if unmarked)."""
-    start, end = GUTENBERG_START.search(text), GUTENBERG_END.search(text)
-    body = text[start.end() if start else 0 : end.start() if end else len(text)]
+    start = GUTENBERG_START.search(text)
+    begin = start.end() if start else 0
+    end = GUTENBERG_END.search(text, begin)
+    body = text[begin : end.start() if end else len(text)]
     return body.replace("\r\n", "\n").strip() + "\n"
 
 
