@@ -75,6 +75,8 @@ class Report:
         lines = [f"  {'step':<16}{'chars removed':>15}{'docs removed':>14}{'K after':>9}"]
         for s in self.steps:
             lines.append(f"  {s.name:<16}{s.chars_removed:>15,}{s.docs_removed:>14,}{s.K:>9,}")
+        if any(s.chars_removed < 0 for s in self.steps):
+            lines.append("  (a negative count: the step lengthened the text, e.g. '…' -> '...')")
         if self.folded or self.dropped:
             lines.append(
                 f"  ascii: {self.folded:,} characters folded to an ASCII spelling, "

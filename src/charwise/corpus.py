@@ -33,7 +33,7 @@ FORMATS = ("text", "lines", "json", "jsonl", "csv", "folder")
 EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 MAX_VOCAB = 1000  # a larger vocabulary is refused (K sets the cost of every update)
 MMAP_THRESHOLD = 64 * 2**20  # inputs above this many bytes are encoded once to a mapped cache
-BLOCK_BYTES = 4 * 2**20  # plain text is decoded and encoded in blocks of about this size
+BLOCK_BYTES = 2**20  # plain text is decoded and encoded in blocks of about this size
 BATCH_DOCS = 10_000  # documents cleaned and encoded together
 CACHE_VERSION = 1  # bump when the encoded cache layout changes
 # Loader settings of a preset (the training settings of a preset live in the CLI).
@@ -102,8 +102,17 @@ class Corpus:
     @cached_property
     def _fingerprint(self) -> str:
         digest = hashlib.sha256("".join(self.vocab.chars).encode())
-        for i in range(0, len(self.data), BLOCK_BYTES):  # blocks: no full copy of a mapped file
-            digest.update(np.ascontiguousarray(self.data[i : i + BLOCK_BYTES]).tobytes())
+        if isinstance(self.data, np.memmap):  # read the file: mapped pages would stay resident
+            left = self.data.nbytes
+            with open(self.data.filename, "rb") as f:
+                f.seek(self.data.offset)
+                while left > 0:
+                    block = f.read(min(left, BLOCK_BYTES))
+                    digest.update(block)
+                    left -= len(block)
+        else:
+            for i in range(0, len(self.data), BLOCK_BYTES):
+                digest.update(np.ascontiguousarray(self.data[i : i + BLOCK_BYTES]).tobytes())
         return digest.hexdigest()
 
     def fingerprint(self) -> str:

@@ -260,7 +260,8 @@ class Trainer:
         s = self.state
         return {
             "config": asdict(self.config),
-            "corpus": {"name": self.corpus.name, "chars": len(self.corpus)},
+            "corpus": {"name": self.corpus.name, "chars": len(self.corpus)}
+            | ({"documents": len(self.corpus.starts)} if self.corpus.documents else {}),
             "corpus_sha256": self.corpus.fingerprint(),
             "updates": s.updates,
             "epoch": self.schedule.epoch(max(s.updates, 1)),
