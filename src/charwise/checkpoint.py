@@ -55,9 +55,12 @@ def load(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        reason = "truncated or corrupt" if raw[:2] == b"PK" else "not an .npz file"
-        if "pickle" in str(exc):
+        if raw[:2] != b"PK":
+            reason = "not an .npz file"
+        elif "pickle" in str(exc):
             reason = "it holds pickled objects, which charwise never loads"
+        else:
+            reason = "truncated or corrupt"
         raise CharwiseError(f"{what} ({reason}); point to a file written by charwise") from None
     try:
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode())
