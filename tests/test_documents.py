@@ -143,3 +143,27 @@ def test_cli_sample_count_uses_trained_max_length(tmp_path):
     out = subprocess.run(cmd + ["--count", "4", "--seed", "1"], env=env, capture_output=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.decode().rstrip("\n").split(DOC_SEPARATOR) == ["a" * 7] * 4
+
+
+def test_cli_train_with_tweets_preset(tmp_path):
+    """The preset sets seq length 10 and a 140-char cap, remembered by the checkpoint."""
+    import json
+
+    from charwise import checkpoint
+
+    tweets = [{"text": f"tweet number {i} &amp; more", "is_retweet": i % 3 == 0} for i in range(30)]
+    path = tmp_path / "archive.txt"  # not .json: the preset sets the format
+    path.write_text(json.dumps(tweets))
+    env = {**os.environ, "PYTHONPATH": str(SRC), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "charwise", "train", str(path), "--preset", "tweets"]
+    cmd += ["--updates", "30", "--engine", "reference", "--no-progress", "--m", "8"]
+    cmd += ["--sample-every", "10", "--out", str(tmp_path / "run")]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "in 20 documents" in out.stdout
+    _, meta = checkpoint.load(tmp_path / "run" / "best.npz")
+    assert meta["config"]["seq_length"] == 10 and meta["config"]["max_length"] == 140
+    assert meta["corpus"]["documents"] == 20
+    samples = (tmp_path / "run" / "samples.txt").read_text(encoding="utf-8")
+    assert samples.count("--- update ") == 4  # before update 1 and after 10, 20, 30
+    assert samples.count(DOC_SEPARATOR) == 4 * 2  # three documents per sample event
