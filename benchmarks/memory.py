@@ -4,7 +4,7 @@ Writes text files of the given sizes (the Python documentation text repeated) in
 folder, runs each command as a child process and reads its peak RSS from os.wait4, then deletes
 the files. `info` runs twice: cold (encodes the file into the mapped cache) and warm (reuses it).
 
-    PYTHONPATH=src python benchmarks/memory.py --sizes 10 100 500
+    PYTHONPATH=src python benchmarks/memory.py --sizes 10 100 500 [--lines]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 500], help="MiB")
     parser.add_argument("--dir", default=None, help="where to write the files [default: /tmp]")
+    parser.add_argument("--lines", action="store_true", help="read each line as a document")
     args = parser.parse_args()
     src = str(Path(__file__).resolve().parents[1] / "src")
     charwise = [sys.executable, "-m", "charwise"]
@@ -56,11 +57,12 @@ def main() -> None:
         for size in args.sizes:
             path = Path(tmp) / f"big{size}.txt"
             write_file(path, size)
+            corpus = [str(path)] + (["--lines"] if args.lines else [])
             runs = {
-                "info cold": charwise + ["info", str(path)],
-                "info warm": charwise + ["info", str(path)],
+                "info cold": charwise + ["info", *corpus],
+                "info warm": charwise + ["info", *corpus],
                 "train": charwise
-                + ["train", str(path), "--updates", str(TRAIN_UPDATES), "--engine", "reference"]
+                + ["train", *corpus, "--updates", str(TRAIN_UPDATES), "--engine", "reference"]
                 + ["--no-progress", "--print-every", "1000", "--out", f"{tmp}/run{size}"],
             }
             for name, cmd in runs.items():

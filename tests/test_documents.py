@@ -167,3 +167,15 @@ def test_cli_train_with_tweets_preset(tmp_path):
     samples = (tmp_path / "run" / "samples.txt").read_text(encoding="utf-8")
     assert samples.count("--- update ") == 4  # before update 1 and after 10, 20, 30
     assert samples.count(DOC_SEPARATOR) == 4 * 2  # three documents per sample event
+
+
+def test_prime_of_a_document_model_follows_its_end_char(tmp_path):
+    """A prime starts a new document: read after E from h = 0, as in training."""
+    c = lines_corpus(tmp_path, "ab\nba\n")
+    model = CharRNN.init(c.vocab, m=3, seed=4)
+    got = model.sample_indices(6, prime="ab", rng=np.random.default_rng(5))
+    h = reference.advance(model.params, np.zeros(3), c.vocab.encode(END_CHAR + "a"))
+    uniforms = np.random.default_rng(5).random(6)
+    x0 = c.vocab.index["b"]
+    expected = reference.sample(model.params, h, x0, 6, uniforms, stop=c.vocab.end_index)
+    assert got.tolist() == expected.tolist()
