@@ -35,7 +35,7 @@ MAX_VOCAB = 1000  # a larger vocabulary is refused (K sets the cost of every upd
 MMAP_THRESHOLD = 64 * 2**20  # inputs above this many bytes are encoded once to a mapped cache
 BLOCK_BYTES = 2**20  # plain text is decoded and encoded in blocks of about this size
 BATCH_DOCS = 10_000  # documents cleaned and encoded together
-CACHE_VERSION = 1  # bump when the encoded cache layout changes
+CACHE_VERSION = 2  # bump when the encoded cache layout changes
 # Loader settings of a preset (the training settings of a preset live in the CLI).
 PRESETS = {
     "tweets": {"format": "json", "drop_retweets": True, "html_unescape": True, "ascii": True}
@@ -337,7 +337,8 @@ def encode_pieces(
         steps.append(Step("empty-docs", K=steps[-1].K))
     upper = int(counts[kept].sum()) + (n_docs + 1 if documents else 0)  # length at most
     sink = _Sink(upper, vocab.dtype, out)
-    starts: list[np.ndarray] = []
+    offsets = np.dtype(np.int32 if upper < 2**31 else np.int64)  # document starts, compact
+    starts = _Sink(n_docs, offsets, out and out.with_name("starts.bin")) if documents else None
     if documents:
         sink.write(vocab.encode(end))
     for batch in batches():
@@ -348,11 +349,11 @@ def encode_pieces(
             kept_texts = [t for t in texts if t]
             steps[-1].docs_removed += len(texts) - len(kept_texts)
             lengths = np.fromiter(map(len, kept_texts), dtype=np.int64, count=len(kept_texts))
-            starts.append(sink.n + np.cumsum(lengths + 1) - lengths - 1)
+            starts.write((sink.n + np.cumsum(lengths + 1) - lengths - 1).astype(offsets))
             texts = ["".join(t + end for t in kept_texts)]
         for text in texts:
             sink.write(vocab.encode(text))
-    doc_starts = np.concatenate(starts) if documents else None
+    doc_starts = starts.close() if documents else None
     if documents and not len(doc_starts):
         raise CharwiseError(f"corpus {name} has no documents left after cleaning")
     return Corpus(name, vocab, sink.close(), doc_starts, cleaner.report)
@@ -426,18 +427,18 @@ def load_corpus(
 
 
 def _cached(name: str, folder: Path, documents: bool, batches, opts: LoadOptions) -> Corpus:
-    """The corpus encoded once into folder (data.bin, starts.npy, meta.json), memory-mapped."""
+    """The corpus encoded once into folder (data.bin, starts.bin, meta.json), memory-mapped."""
     if not (folder / "meta.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
         try:
             corpus = encode_pieces(name, batches, documents, opts, out=tmp / "data.bin")
-            if corpus.documents:
-                np.save(tmp / "starts.npy", corpus.starts)
             meta = {
                 "vocab": corpus.vocab.to_json(),
                 "n": len(corpus),
                 "dtype": corpus.vocab.dtype.name,
+                "docs": len(corpus.starts) if corpus.documents else None,
+                "starts_dtype": corpus.starts.dtype.name if corpus.documents else None,
                 "report": corpus.report.to_json(),
             }
             (tmp / "meta.json").write_text(json.dumps(meta))
@@ -450,7 +451,10 @@ def _cached(name: str, folder: Path, documents: bool, batches, opts: LoadOptions
             shutil.rmtree(tmp, ignore_errors=True)
     meta = json.loads((folder / "meta.json").read_text())
     data = np.memmap(folder / "data.bin", dtype=meta["dtype"], mode="r", shape=(meta["n"],))
-    starts_path = folder / "starts.npy"
-    starts = np.load(starts_path, mmap_mode="r") if starts_path.exists() else None
+    starts = None
+    if meta["docs"] is not None:
+        starts = np.memmap(
+            folder / "starts.bin", dtype=meta["starts_dtype"], mode="r", shape=(meta["docs"],)
+        )
     report = Report.from_json(meta["report"])
     return Corpus(name, Vocab.from_json(meta["vocab"]), data, starts, report)

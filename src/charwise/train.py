@@ -82,7 +82,7 @@ class Schedule:
 class DocumentSchedule(Schedule):
     """Chunks that never cross a document boundary (SPEC.md, short-document corpora).
 
-    Document d is the run data[starts[d] - 1 : ends[d] + 1]: the end character before it (the
+    Document d is the run data[starts[d] - 1 : starts[d + 1]]: the end character before it (the
     first input, as when sampling a new document), its text and its own end character (the last
     target). Each run is cut into chunks of at most tau + 1 characters that overlap by one, so
     every transition is a target once; h_prev resets at the first chunk of every document.
@@ -93,11 +93,11 @@ class DocumentSchedule(Schedule):
         if tau < 1 or not len(starts):
             raise CharwiseError("a document corpus needs at least one document and tau >= 1")
         self.tau = tau
-        self.starts = np.asarray(starts, dtype=np.int64)
-        ends = np.append(self.starts[1:] - 1, n_chars - 1)  # index of each document's end char
-        self.transitions = ends - self.starts + 1  # targets of a document: its text and its end
-        chunks = -(-self.transitions // tau)
-        self.first = np.concatenate(([0], np.cumsum(chunks)))  # first chunk of each document
+        self.starts = starts  # kept as given: a mapped array stays mapped
+        # targets of each document, its text and its end char: the distance to the next start
+        self.transitions = np.diff(np.asarray(starts), append=n_chars)
+        self.first = np.zeros(len(starts) + 1, dtype=np.int64)  # first chunk of each document
+        np.cumsum((self.transitions + (tau - 1)) // tau, out=self.first[1:])
         self.per_epoch = int(self.first[-1])
 
     def block(self, u0: int, n: int):
@@ -106,7 +106,8 @@ class DocumentSchedule(Schedule):
         d = np.searchsorted(self.first, k, side="right") - 1
         j = k - self.first[d]  # chunk number within document d
         done = j * self.tau
-        return self.starts[d] - 1 + done, np.minimum(self.tau, self.transitions[d] - done), j == 0
+        starts = self.starts[d].astype(np.int64) - 1 + done
+        return starts, np.minimum(self.tau, self.transitions[d] - done), j == 0
 
 
 def read_samples(path: str | Path) -> list[dict]:
