@@ -94,10 +94,14 @@ class DocumentSchedule(Schedule):
             raise CharwiseError("a document corpus needs at least one document and tau >= 1")
         self.tau = tau
         self.starts = starts  # kept as given: a mapped array stays mapped
-        # targets of each document, its text and its end char: the distance to the next start
-        self.transitions = np.diff(np.asarray(starts), append=n_chars)
+        # targets of each document (its text and its end char): the distance to the next start
+        self.transitions = np.empty(len(starts), dtype=starts.dtype)
+        np.subtract(starts[1:], starts[:-1], out=self.transitions[:-1])
+        self.transitions[-1] = n_chars - starts[-1]
+        chunks = self.transitions + (tau - 1)
+        chunks //= tau
         self.first = np.zeros(len(starts) + 1, dtype=np.int64)  # first chunk of each document
-        np.cumsum((self.transitions + (tau - 1)) // tau, out=self.first[1:])
+        np.cumsum(chunks, out=self.first[1:])
         self.per_epoch = int(self.first[-1])
 
     def block(self, u0: int, n: int):
