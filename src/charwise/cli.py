@@ -134,6 +134,8 @@ def info(corpus, seq_length, **options):
     if c.documents:
         click.echo(f"documents   {len(c.starts):,} (each followed by end char {c.vocab.end!r})")
     click.echo(f"K           {len(c.vocab)}")
+    if getattr(c.data, "filename", None):
+        click.echo(f"mapped      {c.data.filename} ({c.data.nbytes:,} bytes)")
     if c.report is not None:
         click.echo("cleaning (K counts text characters, without the end char):")
         click.echo(c.report.format())
