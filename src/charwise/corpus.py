@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -180,8 +180,10 @@ def read_text(path: str | Path, encoding: str = "utf-8", errors: str = "strict")
 
 
 # ---- formats: each gives batches of (text, is_retweet) pieces --------------------------------
-def _batched(pieces: list[Piece]) -> Callable[[], Iterator[list[Piece]]]:
-    return lambda: (pieces[i : i + BATCH_DOCS] for i in range(0, len(pieces), BATCH_DOCS))
+def _batched(read: Callable[[], list[Piece]]) -> Callable[[], Iterator[list[Piece]]]:
+    """Batches of the pieces `read` gives; read once, on first use (not when cached)."""
+    read = cache(read)
+    return lambda: (read()[i : i + BATCH_DOCS] for i in range(0, len(read()), BATCH_DOCS))
 
 
 def _record_piece(obj, where: str, field: str) -> Piece:
@@ -284,7 +286,7 @@ def _source(path: Path, fmt: str, opts: LoadOptions):
     if fmt == "folder":
         return opts.folder_mode == "documents", lambda: _folder_batches(path, opts)
     read = {"json": _json_pieces, "jsonl": _jsonl_pieces, "csv": _csv_pieces}[fmt]
-    return True, _batched(read(path, opts))
+    return True, _batched(lambda: read(path, opts))
 
 
 # ---- encoding: two streaming passes (count, then encode) -----------------------------------
