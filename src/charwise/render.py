@@ -144,8 +144,10 @@ pre { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; padding: 0.5rem
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5rem 0; }
 th, td { padding: 0.3rem 0.6rem; border-bottom: 1px solid #e3e3e3; text-align: left;
-  vertical-align: top; }
-td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+  vertical-align: top; overflow-wrap: anywhere; }
+th, td:first-child { overflow-wrap: normal; }
+td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; }
+td.r { white-space: nowrap; }
 table.samples { width: 100%; }
 table.samples td.text { width: 100%; }
 .verdict { font-weight: 600; }
@@ -155,6 +157,8 @@ figcaption { font-size: 0.85rem; color: #555; }
 .pair { display: grid; grid-template-columns: repeat(auto-fit, minmax(16rem, 1fr)); gap: 1rem; }
 @media (max-width: 40rem) {
   body { padding: 0.6rem; }
+  table { font-size: 0.85rem; }
+  th, td { padding: 0.25rem 0.35rem; }
   table.samples thead { display: none; }
   table.samples tr { display: block; border-bottom: 1px solid #ccc; padding: 0.4rem 0; }
   table.samples td { display: inline-block; border: 0; padding: 0.1rem 0.6rem 0.1rem 0; }

@@ -70,25 +70,31 @@ def plot_run(
             )
     ax.set_xlabel("update")
     ax.set_ylabel("loss per sequence (sum over characters)")
-    ax.set_title(title or f"Training loss: {Path(run_dir).name}")
+    ax.set_title(title or f"Training loss: {Path(run_dir).name}", loc="left")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=2, frameon=False)  # clear of data
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
 
 
-def plot_overfit(losses: list[float], target: float, out: str | Path) -> None:
-    """The overfit check's loss per update (log scale) and the loss it had to get below."""
+def plot_overfit(losses: list[float], per_pass: int, target: float, out: str | Path) -> None:
+    """The overfit check's loss per chunk and per pass (log scale), and its target."""
     plt = _pyplot()
+    losses = np.asarray(losses)
+    passes = len(losses) // per_pass
+    mean = losses[: passes * per_pass].reshape(passes, per_pass).mean(axis=1)
     fig, ax = plt.subplots(figsize=(9, 3.6), dpi=120)
-    ax.semilogy(np.arange(1, len(losses) + 1), losses, lw=0.6, color="tab:blue", label="loss")
+    updates = np.arange(1, len(losses) + 1)
+    ax.semilogy(updates, losses, lw=0.4, alpha=0.35, color="tab:blue", label="loss per chunk")
+    ends = per_pass * np.arange(1, passes + 1)
+    ax.semilogy(ends, mean, lw=1.4, color="tab:blue", label="mean over a pass")
     ax.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target:g}")
     ax.set_xlabel("update")
     ax.set_ylabel("loss per sequence")
-    ax.set_title(f"Overfit check: first {OVERFIT_CHARS} characters")
+    ax.set_title(f"Overfit check: first {OVERFIT_CHARS} characters", loc="left")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="upper right")
+    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -335,7 +341,8 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         data["corpus"]["per_epoch"],
         f"Training loss: {data['corpus']['name']}",
     )
-    plot_overfit(data["overfit"]["losses"], data["overfit"]["target"], run / "overfit.png")
+    fit = data["overfit"]
+    plot_overfit(fit["losses"], fit["per_epoch"], fit["target"], run / "overfit.png")
     doc = render.document(data, samples, passage, best, final)
     figures = {name: (run / name).read_bytes() for name in ("loss.png", "overfit.png")}
     md, page = run / "report.md", run / "report.html"
