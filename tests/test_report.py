@@ -366,3 +366,24 @@ def test_plot_command_writes_a_png(plain, tmp_path):
 
     assert matplotlib.image.imread(png).shape[:2] == (540, 1080)
     assert "wrote" in output
+
+
+def test_overfit_check_stops_after_the_first_pass_below_target():
+    from charwise.corpus import Corpus
+    from charwise.report import overfit_check
+    from charwise.train import TrainConfig
+    from charwise.vocab import Vocab
+
+    text = "abcd" * 40
+    vocab = Vocab.from_text(text)
+    corpus = Corpus("abcd", vocab, vocab.encode(text))
+    fit = overfit_check(corpus, TrainConfig(m=16, seed=2, engine="reference"), cap=3000)
+    assert fit["reached"] and fit["updates"] % 3 == 0 and fit["updates"] < 3000
+    passes = np.asarray(fit["losses"]).reshape(-1, 3).mean(axis=1)
+    assert passes[-1] < 1 <= passes[:-1].min()  # stopped at the first pass below 1
+    assert fit["last_pass_mean_loss"] == passes[-1]
+    assert fit["truth"] == text[:76] and fit["sample"][0] == "a"
+    prefix = 0
+    while prefix < 75 and fit["sample"][prefix + 1] == text[prefix + 1]:
+        prefix += 1
+    assert fit["matching_chars"] == prefix
