@@ -85,10 +85,13 @@ def md_verbatim(text: str) -> str:
 
 
 def md_fence(text: str, info: str = "") -> str:
-    """A fenced block whose fence is longer than any backtick run in the text."""
+    """A fenced block whose fence is longer than any backtick run in the text.
+
+    The text is always followed by a newline, so that a trailing newline of its own survives.
+    """
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
-    return f"{fence}{info}\n{text}{'' if text.endswith(chr(10)) else chr(10)}{fence}"
+    return f"{fence}{info}\n{text}\n{fence}"
 
 
 def md_cell(cell: str | Text) -> str:
