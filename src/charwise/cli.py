@@ -10,6 +10,7 @@ import click
 
 from charwise.corpus import BUILTIN, FORMATS, MAX_VOCAB, PRESETS, load_corpus
 from charwise.errors import CharwiseError
+from charwise.report import OVERFIT_CAP
 from charwise.train import TrainConfig
 
 corpus_argument = click.argument("corpus", default=BUILTIN, required=False)
@@ -93,6 +94,32 @@ def load_from_options(spec: str, kw: dict):
     return load_corpus(spec, **opts)
 
 
+# The options of a training run, shared by `train` and `report`.
+train_options = [
+    click.option("--updates", default=100_000, show_default=True, help="Total AdaGrad updates."),
+    click.option("--m", default=100, show_default=True, help="Hidden units."),
+    click.option("--eta", default=0.1, show_default=True, help="AdaGrad learning rate."),
+    click.option("--seq-length", default=25, show_default=True, help="Characters per chunk."),
+    click.option("--sig", default=0.01, show_default=True, help="Initial weight scale."),
+    click.option("--seed", default=1, show_default=True, help="Seed of weights and samples."),
+    click.option("--out", default=None, help="Run directory [default: runs/<corpus>-<time>]."),
+    click.option("--print-every", default=100, show_default=True, help="Progress interval."),
+    click.option("--sample-every", default=10_000, show_default=True, help="Sample interval."),
+    click.option("--sample-length", default=200, show_default=True, help="Characters per sample."),
+    click.option("--passage-length", default=1000, show_default=True, help="Best-model passage."),
+    click.option(
+        "--max-length", default=200, show_default=True, help="Documents: cap per sampled document."
+    ),
+    click.option(
+        "--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True
+    ),
+    click.option(
+        "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
+    ),
+    click.option("--no-progress", is_flag=True, help="Plain log lines instead of a progress bar."),
+]
+
+
 def with_options(options):
     def decorate(func):
         for option in reversed(options):
@@ -100,6 +127,11 @@ def with_options(options):
         return func
 
     return decorate
+
+
+def run_dir(out: str | None, corpus) -> Path:
+    """--out, or runs/<corpus>-<time> when it is not given."""
+    return Path(out or f"runs/{Path(corpus.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 class Group(click.Group):
@@ -170,34 +202,14 @@ def gradcheck(corpus, m, step, seq_length, sig, seed, threshold, **options):
 @main.command()
 @corpus_argument
 @with_options(corpus_options)
-@click.option("--updates", default=100_000, show_default=True, help="Total AdaGrad updates.")
-@click.option("--m", default=100, show_default=True, help="Hidden units.")
-@click.option("--eta", default=0.1, show_default=True, help="AdaGrad learning rate.")
-@click.option("--seq-length", default=25, show_default=True, help="Characters per chunk.")
-@click.option("--sig", default=0.01, show_default=True, help="Initial weight scale.")
-@click.option("--seed", default=1, show_default=True, help="Seed of weights and samples.")
-@click.option("--out", default=None, help="Run directory [default: runs/<corpus>-<time>].")
-@click.option("--print-every", default=100, show_default=True, help="Progress interval.")
-@click.option("--sample-every", default=10_000, show_default=True, help="Sample interval.")
-@click.option("--sample-length", default=200, show_default=True, help="Characters per sample.")
-@click.option("--passage-length", default=1000, show_default=True, help="Best-model passage.")
-@click.option(
-    "--max-length", default=200, show_default=True, help="Documents: cap per sampled document."
-)
-@click.option(
-    "--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True
-)
-@click.option(
-    "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
-)
-@click.option("--no-progress", is_flag=True, help="Plain log lines instead of a progress bar.")
+@with_options(train_options)
 def train(corpus, updates, out, no_progress, **settings):
     """Train on CORPUS (a file, folder, download or python-docs) with the SPEC.md protocol."""
     from charwise.train import Trainer
 
     c = load_from_options(corpus, settings)
     config = TrainConfig(**settings)
-    out = Path(out or f"runs/{Path(c.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = run_dir(out, c)
     trainer = Trainer(c, config, out)
     click.echo(
         f"training on {c.name}: {len(c):,} characters"
@@ -249,3 +261,72 @@ def sample(checkpoint, length, count, prime, temperature, top_p, seed, engine):
         end = model.vocab.end or ""
         texts = [(prime or "") + model.vocab.decode(i).removesuffix(end) for i in indices]
     click.echo(DOC_SEPARATOR.join(texts))
+
+
+@main.command()
+@corpus_argument
+@with_options(encoding_options)
+@with_options(train_options)
+@click.option(
+    "--overfit-cap",
+    default=OVERFIT_CAP,
+    show_default=True,
+    help="Most updates of the overfit check.",
+)
+@click.option(
+    "--from",
+    "from_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Rebuild the report of this report directory without training.",
+)
+@click.pass_context
+def report(ctx, corpus, encoding, errors, updates, out, no_progress, overfit_cap, from_dir, **kw):
+    """Gradient check, overfit check, training run and best passage of CORPUS, as a report.
+
+    Writes OUT/report.md and a self-contained OUT/report.html. Without --updates the run
+    has 100,000 updates and at least 2 epochs.
+    """
+    from charwise.report import build_report, default_updates, make_report
+    from charwise.train import Schedule
+
+    if from_dir is not None:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ctx.params
+            if name != "from_dir"
+            and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise CharwiseError(f"--from rebuilds an existing report; drop {', '.join(given)}")
+        md, page = build_report(from_dir)
+    else:
+        c = load_corpus(corpus, encoding, errors)
+        config = TrainConfig(**kw)
+        if ctx.get_parameter_source("updates") == click.core.ParameterSource.DEFAULT:
+            updates = default_updates(Schedule.for_corpus(c, config.seq_length).per_epoch)
+        md, page = make_report(
+            c,
+            config,
+            updates,
+            run_dir(out, c),
+            corpus,
+            encoding,
+            errors,
+            overfit_cap,
+            progress=not no_progress,
+            log=click.echo,
+        )
+    click.echo(f"report: {md}\n        {page}")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+def plot(run_dirs, out):
+    """Overlay the smooth-loss curves of RUN_DIRs, labelled by the settings that differ."""
+    from charwise.report import plot_compare
+
+    for label in plot_compare(run_dirs, out):
+        click.echo(f"  {label}")
+    click.echo(f"wrote {out}")
