@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from charwise.cli import main
 from charwise.corpus import load_corpus
 from charwise.errors import CharwiseError
 from charwise.train import CHECKPOINT, Trainer, read_samples
-from runs import N, assert_same_run, engines, small_config, write_corpus
+from runs import WORDS, N, assert_same_run, engines, small_config, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_cli_refusals(corpus_file, tmp_path):
         ("--dtype", "float32"): "trained with --dtype 'float64'",
         (str(shuffled),): "SHA-256 mismatch",
         (str(other_vocab),): "different vocabulary",
-        ("--out", str(tmp_path / "x")): "--resume takes the run's directory",
+        ("--out", str(tmp_path / "x")): "--resume RUN_DIR is the run directory; drop --out",
     }
     for args, message in cases.items():
         result = cli("train", "--resume", out, "--updates", 60, *args)
@@ -172,3 +173,25 @@ def test_checkpoint_metadata_is_complete(corpus_file, tmp_path):
     assert meta["updates"] == 25 and meta["target_updates"] == 25
     assert meta["smooth_loss"] == trainer.state.smooth_loss
     assert meta["best_update"] == trainer.state.best_update
+
+
+def test_document_corpus_cli_resume_matches_one_go(tmp_path):
+    """A one-document-per-line corpus (DocumentSchedule, document samples): the loader
+    options are recorded, so --resume alone reloads the corpus the same way."""
+    lines = tmp_path / "lines.txt"
+    rng = random.Random(3)
+    lines.write_text(
+        "\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 9))) for _ in range(60))
+        + "\n",
+        encoding="utf-8",
+    )
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    extra = ("--lines", "--max-length", 30, "--sample-every", 25)
+    assert cli_train(lines, whole, 170, *extra).exit_code == 0
+    assert cli_train(lines, part, 70, *extra).exit_code == 0
+    result = cli("train", "--resume", part, "--updates", 170, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "in 60 documents" in result.output
+    assert_same_run(whole, part)
+    source = checkpoint.load(part / CHECKPOINT)[1]["corpus"]["source"]
+    assert source["format"] == "lines" and source["spec"] == str(lines.resolve())

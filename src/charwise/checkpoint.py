@@ -66,7 +66,7 @@ def load(path: str | Path, max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.nda
     except IsADirectoryError:
         raise CharwiseError(f"{path} is a folder; point to a checkpoint .npz file") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError):
-        reason = "it is empty" if size == 0 else "truncated or corrupt"
+        reason = "not an .npz file: it is empty" if size == 0 else "truncated or corrupt"
         with path.open("rb") as f:
             if size and f.read(2) != b"PK":
                 reason = "not an .npz file"

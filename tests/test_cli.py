@@ -1,0 +1,88 @@
+"""The charwise command end to end on a small corpus, including its error paths."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from charwise.cli import main
+from charwise.model import CharRNN
+from charwise.train import read_samples
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+TRAIN = ["--engine", "reference", "--no-progress", "--m", 16, "--seq-length", 10]
+
+
+def test_train_writes_every_artefact(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    args = ["train", corpus_file, *TRAIN, "--updates", 250, "--sample-every", 100]
+    res = run(*args, "--print-every", 50, "--sample-length", 40, "--out", out)
+    assert res.exit_code == 0, res.output + res.stderr
+    for name in ["metrics.csv", "samples.txt", "loss.png", "final.npz", "best.npz"]:
+        assert (out / name).stat().st_size > 0, name
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "update,epoch,loss,smooth_loss" and len(rows) == 251
+    first = rows[1].split(",")
+    assert first[0] == "1" and first[2] == first[3]  # smooth loss starts at the first loss
+    samples = read_samples(out / "samples.txt")
+    assert [s["update"] for s in samples] == [0, 100, 200]
+    assert all(len(s["text"]) == 40 for s in samples)
+    assert len((out / "best_passage.txt").read_text()) == 1000
+    final, _ = CharRNN.load(out / "final.npz")
+    best, extra = CharRNN.load(out / "best.npz")
+    assert final.meta["updates"] == 250 and best.meta["updates"] == best.meta["best_update"]
+    smooth = np.loadtxt(out / "metrics.csv", delimiter=",", skiprows=1)[:, 3]
+    assert best.meta["smooth_loss"] == smooth.min()
+    assert "update 50 " in res.output and "done: 250 updates" in res.output
+
+
+def test_sample_and_gradcheck_commands(tmp_path, corpus_file):
+    out = tmp_path / "run"
+    assert run("train", corpus_file, *TRAIN, "--updates", 30, "--out", out).exit_code == 0
+    a = run("sample", out / "best.npz", "--length", 80, "--prime", "The ", "--seed", 3)
+    b = run("sample", out / "best.npz", "--length", 80, "--prime", "The ", "--seed", 3)
+    assert a.exit_code == 0 and a.output == b.output and a.output.startswith("The ")
+    assert len(a.output) == len("The ") + 80 + 1
+    g = run("gradcheck", corpus_file, "--m", 5, "--seed", 2)
+    assert g.exit_code == 0 and "PASS" in g.output and g.output.count("\n") == 7
+    strict = run("gradcheck", corpus_file, "--threshold", 1e-15)
+    assert strict.exit_code == 1 and "FAIL" in strict.stderr
+    info = run("info", corpus_file)
+    assert info.exit_code == 0 and "updates per epoch at seq length 25: 119" in info.output
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda p: ["train", p / "missing.txt"], "corpus not found"),
+        (lambda p: ["train", p / "empty.txt"], "is empty"),
+        (lambda p: ["train", p / "short.txt"], "fewer than one sequence"),
+        (lambda p: ["info", p / "latin1.txt"], "byte offset"),
+        (lambda p: ["sample", p / "junk.npz"], "not a charwise checkpoint"),
+        (lambda p: ["sample", p / "run" / "best.npz", "--prime", "\u00e9\u00e8"], "not in the"),
+        (lambda p: ["train", p / "corpus.txt", "--eta", "-1"], "must be positive"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, corpus_file, make_args, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "short.txt").write_text("abc")
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    (tmp_path / "junk.npz").write_bytes(b"\x00" * 100)
+    run("train", corpus_file, *TRAIN, "--updates", 5, "--out", tmp_path / "run")
+    res = run(*make_args(tmp_path))
+    assert res.exit_code == 1
+    assert message in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    assert "Traceback" not in res.output
+
+
+def test_python_dash_m_equals_the_command():
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "charwise", "--help"], capture_output=True, text=True
+    )
+    assert res.returncode == 0 and "gradcheck" in res.stdout and "train" in res.stdout
