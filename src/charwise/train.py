@@ -22,9 +22,9 @@ from charwise.vocab import Vocab
 
 CHECKPOINT = "checkpoint.npz"  # a run directory's resumable state (final.npz: the model)
 BLOCK_MAX = 1000  # most updates per engine call, so Ctrl-C and timed checkpoints stay prompt
-# Settings a resume may change: none of them alters the state, only what happens next.
 METRICS_HEADER = "update,epoch,loss,smooth_loss"
 DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x the loss of update 1
+# Settings a resume may change (recorded): they alter what happens next, never the saved state.
 MAY_CHANGE = (
     "eta",
     "print_every",
