@@ -65,64 +65,60 @@ POW2 = np.ldexp(1.0, np.arange(-1022, 1))  # 2^k for k = -1022 .. 0, indexed by 
 # ---- building blocks ------------------------------------------------------------------------
 @jit
 def _matmul(C, A, B, accumulate):
-    """C (+)= A @ B, each entry summed over p in order; rows of B and C are the vector axis.
+    """C (+)= A @ B with every entry summed over p in order; rows of B and C are the vector axis.
 
-    The loop order keeps the larger of B and C streaming once: when B is the larger, each
-    group of 4 rows of B meets every row of C while it is in L1 cache; else row by row.
+    Two rows of C share each load of four rows of B (a matrix-vector product takes eight
+    rows of B at a time instead), so that loads do not outnumber multiply-adds.
     """
     R, P = A.shape
     N = B.shape[1]
-    if P == 0 and not accumulate:
+    if not accumulate:
         C[:] = 0.0
-    if P > R:  # B outer
+    if R == 1:
+        c = C[0]
+        p = 0
+        while p + 8 <= P:
+            a0, a1, a2, a3 = A[0, p], A[0, p + 1], A[0, p + 2], A[0, p + 3]
+            a4, a5, a6, a7 = A[0, p + 4], A[0, p + 5], A[0, p + 6], A[0, p + 7]
+            b0, b1, b2, b3 = B[p], B[p + 1], B[p + 2], B[p + 3]
+            b4, b5, b6, b7 = B[p + 4], B[p + 5], B[p + 6], B[p + 7]
+            for n in range(N):
+                s = c[n] + a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
+                c[n] = s + a4 * b4[n] + a5 * b5[n] + a6 * b6[n] + a7 * b7[n]
+            p += 8
+        while p < P:
+            a0, b0 = A[0, p], B[p]
+            for n in range(N):
+                c[n] = c[n] + a0 * b0[n]
+            p += 1
+        return
+    r = 0
+    while r + 2 <= R:
+        c, d = C[r], C[r + 1]
         p = 0
         while p + 4 <= P:
+            a0, a1, a2, a3 = A[r, p], A[r, p + 1], A[r, p + 2], A[r, p + 3]
+            e0, e1, e2, e3 = A[r + 1, p], A[r + 1, p + 1], A[r + 1, p + 2], A[r + 1, p + 3]
             b0, b1, b2, b3 = B[p], B[p + 1], B[p + 2], B[p + 3]
-            for r in range(R):
-                c = C[r]
-                a0, a1, a2, a3 = A[r, p], A[r, p + 1], A[r, p + 2], A[r, p + 3]
-                if p == 0 and not accumulate:
-                    for n in range(N):
-                        c[n] = a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
-                else:
-                    for n in range(N):
-                        c[n] = c[n] + a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
+            for n in range(N):
+                x0, x1, x2, x3 = b0[n], b1[n], b2[n], b3[n]
+                c[n] = c[n] + a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                d[n] = d[n] + e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
             p += 4
         while p < P:
-            b0 = B[p]
-            for r in range(R):
-                c = C[r]
-                a0 = A[r, p]
-                if p == 0 and not accumulate:
-                    for n in range(N):
-                        c[n] = a0 * b0[n]
-                else:
-                    for n in range(N):
-                        c[n] = c[n] + a0 * b0[n]
+            a0, e0, b0 = A[r, p], A[r + 1, p], B[p]
+            for n in range(N):
+                c[n] = c[n] + a0 * b0[n]
+                d[n] = d[n] + e0 * b0[n]
             p += 1
-    else:  # C outer
-        for r in range(R):
-            c = C[r]
-            p = 0
-            if not accumulate and P >= 4:
-                a0, a1, a2, a3 = A[r, 0], A[r, 1], A[r, 2], A[r, 3]
-                b0, b1, b2, b3 = B[0], B[1], B[2], B[3]
-                for n in range(N):
-                    c[n] = a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
-                p = 4
-            elif not accumulate:
-                c[:] = 0.0
-            while p + 4 <= P:
-                a0, a1, a2, a3 = A[r, p], A[r, p + 1], A[r, p + 2], A[r, p + 3]
-                b0, b1, b2, b3 = B[p], B[p + 1], B[p + 2], B[p + 3]
-                for n in range(N):
-                    c[n] = c[n] + a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
-                p += 4
-            while p < P:
-                a0, b0 = A[r, p], B[p]
-                for n in range(N):
-                    c[n] = c[n] + a0 * b0[n]
-                p += 1
+        r += 2
+    while r < R:  # the last row when R is odd
+        c = C[r]
+        for p in range(P):
+            a0, b0 = A[r, p], B[p]
+            for n in range(N):
+                c[n] = c[n] + a0 * b0[n]
+        r += 1
 
 
 @jit
@@ -221,7 +217,8 @@ def _loss_and_grads(b, c, U, W, V, x, y, h0, ws, z64, grads) -> float:
     """L for one chunk; fills grads (dU only on the columns of x, which must be zero on entry).
 
     ws = (WT, VT, H, P, dH, dA) in the parameters' dtype: W^T, V^T, H (n+1, m) with H[0] = h0,
-    logits then dL/do (n, K), and (n, m) rows for V^T dL/do_t and dL/da_t; z64: float64 scratch.
+    logits then dL/do (n, K), V^T dL/do_t (n, m), dL/da_t (n + 1, m: one spare row);
+    z64: float64 scratch.
     """
     WT, VT, H, P, dH, dA = ws
     db, dc, dU, dW, dV = grads
@@ -258,12 +255,14 @@ def _loss_and_grads(b, c, U, W, V, x, y, h0, ws, z64, grads) -> float:
             dc[k] = dc[k] + dO[t, k]
     _matmul(dV, dO.T, H[1 : n + 1], False)  # dV = dO^T H
     _matmul(dH[:n], dO, V, False)  # row t: V^T dL/do_t
+    dnext = dA[n : n + 1]  # W^T dL/da_{t+1}, in the spare last row of dA
+    dnext[:] = 0.0
     for t in range(n - 1, -1, -1):  # dL/da_t = (V^T dL/do_t + W^T dL/da_{t+1}) * (1 - h_t^2)
         h, da = H[t + 1], dA[t]
-        if t < n - 1:
-            _matmul(dH[t : t + 1], dA[t + 1 : t + 2], W, True)
         for i in range(m):
-            da[i] = dH[t, i] * (1.0 - h[i] * h[i])
+            da[i] = (dH[t, i] + dnext[0, i]) * (1.0 - h[i] * h[i])
+        if t > 0:
+            _matmul(dnext, dA[t : t + 1], W, False)
     _matmul(dW, dA[:n].T, H[:n], False)  # dW = dA^T H_prev
     db[:] = 0.0
     for t in range(n):
@@ -278,9 +277,12 @@ def _loss_and_grads(b, c, U, W, V, x, y, h0, ws, z64, grads) -> float:
 
 # ---- AdaGrad and the block of updates ---------------------------------------------------------
 @jit
-def _adagrad(p, g, G, eta, eps, clip):
-    """Clip g, G += g^2, p -= eta g / sqrt(G + eps), elementwise (as optim.adagrad_step)."""
+def _adagrad(p, g, G, eta, eps, clip, snapshot, save):
+    """Clip g, G += g^2, p -= eta g / sqrt(G + eps) elementwise (optim.adagrad_step), first
+    copying p into snapshot when save is set (the best model, taken in the same pass)."""
     for i in range(p.size):
+        if save:
+            snapshot[i] = p[i]
         gi = g[i]
         gi = clip if gi > clip else -clip if gi < -clip else gi
         G[i] = G[i] + gi * gi
@@ -299,7 +301,7 @@ def _workspace(params, n):
         np.empty((n + 1, m), dt),
         np.empty((n, K), dt),
         np.empty((n, m), dt),
-        np.empty((n, m), dt),
+        np.empty((n + 1, m), dt),
     )
     grads = (np.empty(m, dt), np.empty(K, dt), np.zeros((m, K), dt), np.empty((m, m), dt))
     return ws, np.empty(max(m, K)), grads + (np.empty((K, m), dt),)
@@ -350,25 +352,22 @@ def _train_block(
         if not finite:
             return k
         fstate[0] = L if istate[0] == 0 else _smooth(fstate[0], L)
-        if fstate[0] < fstate[1]:  # the parameters before this update, and its chunk start
-            best[0][:] = b
-            best[1][:] = c
+        save = fstate[0] < fstate[1]  # snapshot the parameters before this update
+        if save:
             best[2][:] = U
-            best[3][:] = W
-            best[4][:] = V
             best_h[:] = h
             istate[2] = x[0]
             istate[1] = istate[0] + 1
             fstate[1] = fstate[0]
-        _adagrad(b, db, G[0], eta, eps, clip)
-        _adagrad(c, dc, G[1], eta, eps, clip)
-        _adagrad(W.ravel(), dW.ravel(), G[3].ravel(), eta, eps, clip)
-        _adagrad(V.ravel(), dV.ravel(), G[4].ravel(), eta, eps, clip)
+        _adagrad(b, db, G[0], eta, eps, clip, best[0], save)
+        _adagrad(c, dc, G[1], eta, eps, clip, best[1], save)
+        _adagrad(W.ravel(), dW.ravel(), G[3].ravel(), eta, eps, clip, best[3].ravel(), save)
+        _adagrad(V.ravel(), dV.ravel(), G[4].ravel(), eta, eps, clip, best[4].ravel(), save)
         for t in range(n):  # columns of U outside x have g = 0: their step is exactly a no-op
             j = x[t]
             if not touched[j]:
                 touched[j] = True
-                _adagrad(U[:, j], dU[:, j], G[2][:, j], eta, eps, clip)
+                _adagrad(U[:, j], dU[:, j], G[2][:, j], eta, eps, clip, U[:, j], False)
         for t in range(n):
             touched[x[t]] = False
             dU[:, x[t]] = 0.0
