@@ -424,14 +424,17 @@ def _probabilities(o, temperature, top_p, p):
 
 @jit
 def _draw(p, u) -> int:
-    """The first index i with cumsum(p)[i] > u * sum(p)."""
-    K = p.size
-    cs = np.cumsum(p)
-    v = u * cs[K - 1]
-    for i in range(K):
-        if cs[i] > v:
-            return i
-    return K - 1  # unreachable for u < 1; kept inside the vocabulary
+    """The first index i with cumsum(p)[i] > u * sum(p), the sums taken in numpy's order."""
+    total = 0.0
+    for k in range(p.size):
+        total += p[k]
+    v = u * total
+    cs = 0.0
+    for k in range(p.size):
+        cs += p[k]
+        if cs > v:
+            return k
+    return p.size - 1  # unreachable for u < 1; kept inside the vocabulary
 
 
 @jit
