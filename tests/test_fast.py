@@ -319,3 +319,27 @@ def test_read_only_package_compiles_once_into_the_user_cache(tmp_path):
     assert list((cache / "charwise" / "numba").rglob("*.nbi"))
     second = run_python(code, XDG_CACHE_HOME=str(cache))
     assert second.endswith(", 1)]")  # loaded from the cache, not compiled again
+
+
+@pytest.mark.slow
+def test_bench_command_prints_every_engine(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(english_like(3000), encoding="utf-8")
+    args = ["bench", str(path), "--m", "8", "--seq-length", "10", "--repeats", "1"]
+    out = subprocess.run(
+        [sys.executable, "-m", "charwise", *args],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    for label in (
+        "(a) classic",
+        "(b) reference",
+        "(c) fast float64",
+        "(d) fast float32",
+        "(e) torch",
+    ):
+        assert label in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("(")]
+    assert rows[0].split()[-1] == "1.0x" and all(row.endswith("x") for row in rows[:4])

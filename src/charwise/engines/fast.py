@@ -5,11 +5,12 @@ Same interface and semantics as engines.reference, checked against it to ~1e-10 
 sequence-wide products (logits, dV, dW, dH) done as matrix products over all steps at
 once, register-friendly loops that the compiler vectorises, a vectorisable tanh and exp,
 AdaGrad on the touched columns of U only (the others have a zero gradient, for which the
-step is exactly a no-op), and whole blocks of updates in one compiled call.
+step is exactly a no-op) with 1/sqrt by Newton steps, the best-model snapshot taken in
+the AdaGrad pass, and whole blocks of updates in one compiled call.
 
 Rounding: sums run in a fixed order and multiply-adds may be fused (FASTMATH below), so
-results differ from numpy's in the last bits only; NaN/inf semantics are kept, so
-divergence is detected exactly as by the reference.
+results differ from numpy's in the last bits only (~1e-15); NaN/inf semantics are kept,
+so divergence is detected exactly as by the reference.
 """
 
 from __future__ import annotations
