@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from charwise.corpus import BUILTIN, load_corpus
+from charwise.corpus import BUILTIN, FORMATS, MAX_VOCAB, PRESETS, load_corpus
 from charwise.errors import CharwiseError
+from charwise.report import OVERFIT_CAP
 from charwise.train import TrainConfig
 
 corpus_argument = click.argument("corpus", default=BUILTIN, required=False)
@@ -24,6 +25,100 @@ encoding_options = [
     ),
 ]
 
+corpus_options = encoding_options + [
+    click.option(
+        "--format",
+        type=click.Choice(FORMATS),
+        default=None,
+        help="Input format [default: from the extension: .json, .jsonl, .csv, else text; "
+        "folder for a folder].",
+    ),
+    click.option("--lines", is_flag=True, help="One document per line (same as --format lines)."),
+    click.option("--text-field", default="text", show_default=True, help="JSON/CSV text field."),
+    click.option(
+        "--folder-mode",
+        type=click.Choice(["documents", "concat"]),
+        default="documents",
+        show_default=True,
+        help="Folder: each file a document, or all files as one text.",
+    ),
+    click.option("--drop-retweets", is_flag=True, help="Drop is_retweet / 'RT @' documents."),
+    click.option("--html-unescape", is_flag=True, help="Turn &amp; and other entities to text."),
+    click.option("--strip-urls", is_flag=True, help="Remove http(s):// and www. links."),
+    click.option("--ascii", is_flag=True, help="Fold accents to ASCII, drop other non-ASCII."),
+    click.option("--min-char-count", default=0, show_default=True, help="Drop rarer chars."),
+    click.option("--max-vocab", default=MAX_VOCAB, show_default=True, help="Largest K accepted."),
+    click.option(
+        "--end-char",
+        default=None,
+        help="End-of-document character, as itself or U+XXXX [default: U+0003].",
+    ),
+    click.option(
+        "--preset",
+        type=click.Choice(sorted(PRESETS)),
+        default=None,
+        help="tweets: JSON archive, --drop-retweets --html-unescape --ascii, seq length 10, "
+        "samples of at most 140 characters (options given explicitly win).",
+    ),
+]
+# Training settings of a preset (its loader settings are corpus.PRESETS).
+TRAIN_PRESETS = {"tweets": {"seq_length": 10, "max_length": 140}}
+
+
+def load_from_options(spec: str, kw: dict):
+    """Load the corpus from a command's loader options (popped from kw), applying --preset.
+
+    A preset fills every setting the user left at its default, including kw's training ones.
+    """
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    keys = ["encoding", "errors", "format", "lines", "text_field", "folder_mode", "drop_retweets"]
+    keys += ["html_unescape", "strip_urls", "ascii", "min_char_count", "max_vocab", "end_char"]
+    opts = {key: kw.pop(key) for key in keys}
+    preset = kw.pop("preset")
+    for key, value in (PRESETS.get(preset, {}) | TRAIN_PRESETS.get(preset, {})).items():
+        if ctx.get_parameter_source(key) == ParameterSource.DEFAULT:
+            (opts if key in opts else kw)[key] = value
+    if opts.pop("lines"):
+        opts["format"] = "lines"
+    end_char = opts.pop("end_char")
+    if end_char is not None:
+        if end_char.upper().startswith("U+") and len(end_char) > 2:
+            try:
+                end_char = chr(int(end_char[2:], 16))
+            except (ValueError, OverflowError):
+                msg = f"bad --end-char {end_char!r}; give one character or U+XXXX"
+                raise CharwiseError(msg) from None
+        opts["end_char"] = end_char
+    return load_corpus(spec, **opts)
+
+
+# The options of a training run, shared by `train` and `report`.
+train_options = [
+    click.option("--updates", default=100_000, show_default=True, help="Total AdaGrad updates."),
+    click.option("--m", default=100, show_default=True, help="Hidden units."),
+    click.option("--eta", default=0.1, show_default=True, help="AdaGrad learning rate."),
+    click.option("--seq-length", default=25, show_default=True, help="Characters per chunk."),
+    click.option("--sig", default=0.01, show_default=True, help="Initial weight scale."),
+    click.option("--seed", default=1, show_default=True, help="Seed of weights and samples."),
+    click.option("--out", default=None, help="Run directory [default: runs/<corpus>-<time>]."),
+    click.option("--print-every", default=100, show_default=True, help="Progress interval."),
+    click.option("--sample-every", default=10_000, show_default=True, help="Sample interval."),
+    click.option("--sample-length", default=200, show_default=True, help="Characters per sample."),
+    click.option("--passage-length", default=1000, show_default=True, help="Best-model passage."),
+    click.option(
+        "--max-length", default=200, show_default=True, help="Documents: cap per sampled document."
+    ),
+    click.option(
+        "--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True
+    ),
+    click.option(
+        "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
+    ),
+    click.option("--no-progress", is_flag=True, help="Plain log lines instead of a progress bar."),
+]
+
 
 def with_options(options):
     def decorate(func):
@@ -32,6 +127,11 @@ def with_options(options):
         return func
 
     return decorate
+
+
+def run_dir(out: str | None, corpus) -> Path:
+    """--out, or runs/<corpus>-<time> when it is not given."""
+    return Path(out or f"runs/{Path(corpus.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 class Group(click.Group):
@@ -53,35 +153,43 @@ def main():
 
 @main.command()
 @corpus_argument
-@with_options(encoding_options)
+@with_options(corpus_options)
 @click.option("--seq-length", default=25, show_default=True, help="Characters per chunk.")
-def info(corpus, encoding, errors, seq_length):
-    """Characters, vocabulary size K, the vocabulary and updates per epoch of CORPUS."""
+def info(corpus, seq_length, **options):
+    """Characters, documents, vocabulary size K before and after cleaning, and updates per epoch."""
     from charwise.train import Schedule
 
-    c = load_corpus(corpus, encoding, errors)
+    kw = {"seq_length": seq_length, **options}
+    c = load_from_options(corpus, kw)
     click.echo(f"corpus      {c.name}")
     click.echo(f"characters  {len(c):,}")
+    if c.documents:
+        click.echo(f"documents   {len(c.starts):,} (each followed by end char {c.vocab.end!r})")
     click.echo(f"K           {len(c.vocab)}")
+    if getattr(c.data, "filename", None):
+        click.echo(f"mapped      {c.data.filename} ({c.data.nbytes:,} bytes)")
+    if c.report is not None:
+        click.echo("cleaning (K counts text characters, without the end char):")
+        click.echo(c.report.format())
     click.echo(f"vocabulary  {''.join(c.vocab.chars)!r}")
-    per_epoch = Schedule(len(c), seq_length).per_epoch
-    click.echo(f"updates per epoch at seq length {seq_length}: {per_epoch:,}")
+    per_epoch = Schedule.for_corpus(c, kw["seq_length"]).per_epoch
+    click.echo(f"updates per epoch at seq length {kw['seq_length']}: {per_epoch:,}")
 
 
 @main.command()
 @corpus_argument
-@with_options(encoding_options)
+@with_options(corpus_options)
 @click.option("--m", default=5, show_default=True, help="Hidden units of the checked network.")
 @click.option("--h", "step", default=1e-4, show_default=True, help="Finite-difference step.")
 @click.option("--seq-length", default=25, show_default=True, help="Characters checked.")
 @click.option("--sig", default=0.01, show_default=True, help="Initial weight scale.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the initial weights.")
 @click.option("--threshold", default=1e-6, show_default=True, help="Largest passing rel. error.")
-def gradcheck(corpus, encoding, errors, m, step, seq_length, sig, seed, threshold):
+def gradcheck(corpus, m, step, seq_length, sig, seed, threshold, **options):
     """Compare analytic and centered-difference gradients on the first characters of CORPUS."""
     from charwise.gradcheck import format_table, gradcheck_corpus
 
-    c = load_corpus(corpus, encoding, errors)
+    c = load_from_options(corpus, options)
     rows = gradcheck_corpus(c, m=m, h=step, seq_length=seq_length, sig=sig, seed=seed)
     click.echo(format_table(rows))
     worst = max(r.max_rel for r in rows)
@@ -93,35 +201,20 @@ def gradcheck(corpus, encoding, errors, m, step, seq_length, sig, seed, threshol
 
 @main.command()
 @corpus_argument
-@with_options(encoding_options)
-@click.option("--updates", default=100_000, show_default=True, help="Total AdaGrad updates.")
-@click.option("--m", default=100, show_default=True, help="Hidden units.")
-@click.option("--eta", default=0.1, show_default=True, help="AdaGrad learning rate.")
-@click.option("--seq-length", default=25, show_default=True, help="Characters per chunk.")
-@click.option("--sig", default=0.01, show_default=True, help="Initial weight scale.")
-@click.option("--seed", default=1, show_default=True, help="Seed of weights and samples.")
-@click.option("--out", default=None, help="Run directory [default: runs/<corpus>-<time>].")
-@click.option("--print-every", default=100, show_default=True, help="Progress interval.")
-@click.option("--sample-every", default=10_000, show_default=True, help="Sample interval.")
-@click.option("--sample-length", default=200, show_default=True, help="Characters per sample.")
-@click.option("--passage-length", default=1000, show_default=True, help="Best-model passage.")
-@click.option(
-    "--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True
-)
-@click.option(
-    "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
-)
-@click.option("--no-progress", is_flag=True, help="Plain log lines instead of a progress bar.")
-def train(corpus, encoding, errors, updates, out, no_progress, **settings):
-    """Train on CORPUS (a text file or the built-in python-docs) with the SPEC.md protocol."""
+@with_options(corpus_options)
+@with_options(train_options)
+def train(corpus, updates, out, no_progress, **settings):
+    """Train on CORPUS (a file, folder, download or python-docs) with the SPEC.md protocol."""
     from charwise.train import Trainer
 
-    c = load_corpus(corpus, encoding, errors)
+    c = load_from_options(corpus, settings)
     config = TrainConfig(**settings)
-    out = Path(out or f"runs/{Path(c.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = run_dir(out, c)
     trainer = Trainer(c, config, out)
     click.echo(
-        f"training on {c.name}: {len(c):,} characters, K = {len(c.vocab)}, "
+        f"training on {c.name}: {len(c):,} characters"
+        + (f" in {len(c.starts):,} documents" if c.documents else "")
+        + f", K = {len(c.vocab)}, "
         f"{trainer.schedule.per_epoch:,} updates per epoch -> {out}"
     )
     state = trainer.run(updates, progress=not no_progress)
@@ -156,18 +249,101 @@ def bench(corpus, encoding, errors, m, seq_length, repeats):
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--length", default=1000, show_default=True, help="Characters to generate.")
+@click.option(
+    "--length",
+    default=None,
+    type=int,
+    help="Characters per sample [default: 1000; document models: the max length trained with].",
+)
+@click.option("--count", default=1, show_default=True, help="Samples (documents) to print.")
 @click.option("--prime", default=None, help="Text fed through the network first.")
 @click.option("--temperature", default=1.0, show_default=True, help="0 = greedy, <1 = safer.")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass (0, 1].")
 @click.option("--seed", default=None, type=int, help="Seed; the same seed gives the same text.")
 @click.option("--engine", type=click.Choice(["fast", "reference"]), default="reference")
-def sample(checkpoint, length, prime, temperature, top_p, seed, engine):
-    """Generate text from a model checkpoint (.npz)."""
-    from charwise.model import CharRNN
+def sample(checkpoint, length, count, prime, temperature, top_p, seed, engine):
+    """Generate text from a model checkpoint (.npz); document models stop at the end character."""
+    import numpy as np
+
+    from charwise.model import DOC_SEPARATOR, CharRNN
 
     model, _ = CharRNN.load(checkpoint)
-    text = model.sample(
-        length, prime, seed=seed, temperature=temperature, top_p=top_p, engine=engine
-    )
-    click.echo(text)
+    rng = np.random.default_rng(seed)
+    kw = dict(temperature=temperature, top_p=top_p, engine=engine, rng=rng)
+    if model.vocab.end is not None and prime is None:
+        length = length or model.meta.get("config", {}).get("max_length", 200)
+        texts = model.sample_documents(count, length, **kw)
+    else:
+        indices = [model.sample_indices(length or 1000, prime, **kw) for _ in range(count)]
+        end = model.vocab.end or ""
+        texts = [(prime or "") + model.vocab.decode(i).removesuffix(end) for i in indices]
+    click.echo(DOC_SEPARATOR.join(texts))
+
+
+@main.command()
+@corpus_argument
+@with_options(encoding_options)
+@with_options(train_options)
+@click.option(
+    "--overfit-cap",
+    default=OVERFIT_CAP,
+    show_default=True,
+    help="Most updates of the overfit check.",
+)
+@click.option(
+    "--from",
+    "from_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Rebuild the report of this report directory without training.",
+)
+@click.pass_context
+def report(ctx, corpus, encoding, errors, updates, out, no_progress, overfit_cap, from_dir, **kw):
+    """Gradient check, overfit check, training run and best passage of CORPUS, as a report.
+
+    Writes OUT/report.md and a self-contained OUT/report.html. Without --updates the run
+    has 100,000 updates and at least 2 epochs.
+    """
+    from charwise.report import build_report, default_updates, make_report
+    from charwise.train import Schedule
+
+    if from_dir is not None:
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ctx.params
+            if name != "from_dir"
+            and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise CharwiseError(f"--from rebuilds an existing report; drop {', '.join(given)}")
+        md, page = build_report(from_dir)
+    else:
+        c = load_corpus(corpus, encoding, errors)
+        config = TrainConfig(**kw)
+        if ctx.get_parameter_source("updates") == click.core.ParameterSource.DEFAULT:
+            updates = default_updates(Schedule.for_corpus(c, config.seq_length).per_epoch)
+        md, page = make_report(
+            c,
+            config,
+            updates,
+            run_dir(out, c),
+            corpus,
+            encoding,
+            errors,
+            overfit_cap,
+            progress=not no_progress,
+            log=click.echo,
+        )
+    click.echo(f"report: {md}\n        {page}")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+def plot(run_dirs, out):
+    """Overlay the smooth-loss curves of RUN_DIRs, labelled by the settings that differ."""
+    from charwise.report import plot_compare
+
+    for label in plot_compare(run_dirs, out):
+        click.echo(f"  {label}")
+    click.echo(f"wrote {out}")

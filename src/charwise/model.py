@@ -12,6 +12,8 @@ from charwise.errors import CharwiseError
 from charwise.params import NAMES, RNNParams
 from charwise.vocab import Vocab
 
+DOC_SEPARATOR = "\n---\n"  # between documents (or passages) printed together
+
 
 class CharRNN:
     """A character-level vanilla RNN (SPEC.md) together with the vocabulary it reads."""
@@ -48,12 +50,23 @@ class CharRNN:
             raise CharwiseError("need --temperature >= 0 and 0 < --top-p <= 1")
         eng = get_engine(engine)
         rng = np.random.default_rng() if rng is None else rng
-        primed = self.vocab.encode(prime or self.default_start())
+        start = self.default_start() if not prime else (self.vocab.end or "") + prime
+        primed = self.vocab.encode(start)  # a document model reads its end char first
         h = np.zeros(self.params.m) if h0 is None else np.asarray(h0, dtype=np.float64)
         h = eng.advance(self.params, h, primed[:-1]) if len(primed) > 1 else h
         uniforms = rng.random(n)
         end = self.vocab.end_index if stop else -1
         return eng.sample(self.params, h, int(primed[-1]), n, uniforms, temperature, top_p, end)
+
+    def sample_documents(self, count: int, max_length: int, **kw) -> list[str]:
+        """count documents, each from h = 0 and the end character, ended by it or max_length."""
+        docs = []
+        for _ in range(count):
+            indices = self.sample_indices(max_length, **kw)
+            if len(indices) and indices[-1] == self.vocab.end_index:
+                indices = indices[:-1]
+            docs.append(self.vocab.decode(indices))
+        return docs
 
     def sample(self, n: int, prime: str | None = None, seed: int | None = None, **kw) -> str:
         """Text: the prime (if any) followed by n generated characters."""

@@ -12,7 +12,7 @@ import numpy as np
 from charwise.corpus import Corpus
 from charwise.engines import get_engine
 from charwise.errors import CharwiseError
-from charwise.model import CharRNN
+from charwise.model import DOC_SEPARATOR, CharRNN
 from charwise.optim import CLIP, EPS, TrainState
 
 
@@ -29,11 +29,14 @@ class TrainConfig:
     sample_every: int = 10_000  # a sample before update 1 and after every N updates
     sample_length: int = 200  # characters per training sample
     passage_length: int = 1000  # characters of the final best-model passage
+    max_length: int = 200  # document corpora: a sampled document ends at its end char or here
+    sample_docs: int = 3  # document corpora: documents per sample event
+    passage_docs: int = 10  # document corpora: documents sampled from the best model at the end
     engine: str = "fast"  # fast (numba) or reference (numpy)
     dtype: str = "float64"  # float64 or float32 (float32: fast engine only)
 
     def check(self) -> None:
-        positive = ["m", "seq_length", "print_every", "sample_every", "sample_length"]
+        positive = ["m", "seq_length", "print_every", "sample_every", "sample_length", "max_length"]
         bad = [name for name in positive if getattr(self, name) < 1]
         if bad or not self.eta > 0 or not self.sig > 0:
             raise CharwiseError(f"settings must be positive: {', '.join(bad) or 'eta/sig'}")
@@ -68,6 +71,48 @@ class Schedule:
         """1-based epoch of a 1-based update number."""
         return (update - 1) // self.per_epoch + 1
 
+    @staticmethod
+    def for_corpus(corpus: Corpus, tau: int) -> Schedule:
+        """The schedule a corpus needs: per document for document corpora, else SPEC.md's."""
+        if corpus.documents:
+            return DocumentSchedule(corpus.starts, len(corpus), tau)
+        return Schedule(len(corpus), tau)
+
+
+class DocumentSchedule(Schedule):
+    """Chunks that never cross a document boundary (SPEC.md, short-document corpora).
+
+    Document d is the run data[starts[d] - 1 : starts[d + 1]]: the end character before it (the
+    first input, as when sampling a new document), its text and its own end character (the last
+    target). Each run is cut into chunks of at most tau + 1 characters that overlap by one, so
+    every transition is a target once; h_prev resets at the first chunk of every document.
+    Only per-document arrays are kept; a block's per-chunk arrays are built by indexing.
+    """
+
+    def __init__(self, starts: np.ndarray, n_chars: int, tau: int):
+        if tau < 1 or not len(starts):
+            raise CharwiseError("a document corpus needs at least one document and tau >= 1")
+        self.tau = tau
+        self.starts = starts  # kept as given: a mapped array stays mapped
+        # targets of each document (its text and its end char): the distance to the next start
+        self.transitions = np.empty(len(starts), dtype=starts.dtype)
+        np.subtract(starts[1:], starts[:-1], out=self.transitions[:-1])
+        self.transitions[-1] = n_chars - starts[-1]
+        chunks = self.transitions + (tau - 1)
+        chunks //= tau
+        self.first = np.zeros(len(starts) + 1, dtype=np.int64)  # first chunk of each document
+        np.cumsum(chunks, out=self.first[1:])
+        self.per_epoch = int(self.first[-1])
+
+    def block(self, u0: int, n: int):
+        """(starts, lengths, resets) for updates u0 .. u0 + n - 1."""
+        k = (u0 + np.arange(n, dtype=np.int64)) % self.per_epoch
+        d = np.searchsorted(self.first, k, side="right") - 1
+        j = k - self.first[d]  # chunk number within document d
+        done = j * self.tau
+        starts = self.starts[d].astype(np.int64) - 1 + done
+        return starts, np.minimum(self.tau, self.transitions[d] - done), j == 0
+
 
 def read_samples(path: str | Path) -> list[dict]:
     """Parse samples.txt back into {update, epoch, smooth_loss, text} records."""
@@ -98,7 +143,7 @@ class Trainer:
     def __init__(self, corpus: Corpus, config: TrainConfig, out: str | Path):
         config.check()
         self.corpus, self.config, self.out = corpus, config, Path(out)
-        self.schedule = Schedule(len(corpus), config.seq_length)
+        self.schedule = Schedule.for_corpus(corpus, config.seq_length)
         self.engine = get_engine(config.engine)
         dtype = np.dtype(config.dtype)
         self.model = CharRNN.init(corpus.vocab, config.m, config.sig, config.seed, dtype)
@@ -185,12 +230,15 @@ class Trainer:
     def _sample_event(self, bar=None) -> None:
         """A sample from h_prev and the next chunk's first character, logged to samples.txt."""
         state, cfg = self.state, self.config
-        start, _, reset = self.schedule.block(state.updates, 1)
-        h0 = np.zeros_like(state.h_prev) if reset[0] else state.h_prev
-        x0 = int(self.data[start[0]])
-        uniforms = self.sample_rng.random(cfg.sample_length)
-        indices = self.engine.sample(self.model.params, h0, x0, cfg.sample_length, uniforms)
-        text = self.corpus.vocab.decode(indices)
+        if self.corpus.documents:  # new documents from h = 0 and the end character
+            text = DOC_SEPARATOR.join(self._documents(state.params, cfg.sample_docs))
+        else:
+            start, _, reset = self.schedule.block(state.updates, 1)
+            h0 = np.zeros_like(state.h_prev) if reset[0] else state.h_prev
+            x0 = int(self.data[start[0]])
+            uniforms = self.sample_rng.random(cfg.sample_length)
+            indices = self.engine.sample(self.model.params, h0, x0, cfg.sample_length, uniforms)
+            text = self.corpus.vocab.decode(indices)
         epoch = self.schedule.epoch(max(state.updates, 1))
         smooth = state.smooth_loss
         header = (
@@ -217,7 +265,8 @@ class Trainer:
         s = self.state
         return {
             "config": asdict(self.config),
-            "corpus": {"name": self.corpus.name, "chars": len(self.corpus)},
+            "corpus": {"name": self.corpus.name, "chars": len(self.corpus)}
+            | ({"documents": len(self.corpus.starts)} if self.corpus.documents else {}),
             "corpus_sha256": self.corpus.fingerprint(),
             "updates": s.updates,
             "epoch": self.schedule.epoch(max(s.updates, 1)),
@@ -230,13 +279,21 @@ class Trainer:
     def write_passage(self) -> str:
         """The best model's passage, from its h_prev and first character (SPEC.md)."""
         state, cfg = self.state, self.config
-        uniforms = self.sample_rng.random(cfg.passage_length)
-        indices = self.engine.sample(
-            state.best, state.best_h, state.best_x0, cfg.passage_length, uniforms
-        )
-        text = self.corpus.vocab.decode(indices)
+        if self.corpus.documents:
+            text = DOC_SEPARATOR.join(self._documents(state.best, cfg.passage_docs))
+        else:
+            uniforms = self.sample_rng.random(cfg.passage_length)
+            indices = self.engine.sample(
+                state.best, state.best_h, state.best_x0, cfg.passage_length, uniforms
+            )
+            text = self.corpus.vocab.decode(indices)
         (self.out / "best_passage.txt").write_text(text, encoding="utf-8", newline="")
         return text
+
+    def _documents(self, params, count: int) -> list[str]:
+        model = CharRNN(self.corpus.vocab, params)
+        cfg = self.config
+        return model.sample_documents(count, cfg.max_length, rng=self.sample_rng, engine=cfg.engine)
 
     def plot(self) -> None:
         from charwise.report import plot_run

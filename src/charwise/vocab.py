@@ -9,6 +9,11 @@ import numpy as np
 from charwise.errors import CharwiseError
 
 
+def codepoints(text: str) -> np.ndarray:
+    """The code points of text as a uint32 array (lone surrogates from JSON kept as they are)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
 class Vocab:
     """A sorted character list; index i is the i-th character (identical on every machine)."""
 
@@ -39,15 +44,30 @@ class Vocab:
 
     def encode(self, text: str) -> np.ndarray:
         """Characters to indices; unknown characters are an error that names them."""
-        unknown = sorted(set(text) - self.index.keys())
-        if unknown:
-            shown = "".join(unknown[:20])
+        cps = codepoints(text)
+        table = self._lookup()
+        indices = table[np.minimum(cps, len(table) - 1)]
+        if (indices < 0).any():
+            unknown = np.unique(cps[indices < 0])[:20]
+            shown = "".join(chr(c) for c in unknown.tolist())
             raise CharwiseError(
                 f"characters not in the model's vocabulary: {shown!r}; "
                 "use only characters the model was trained on"
             )
-        dtype = np.uint8 if len(self.chars) <= 256 else np.uint16
-        return np.fromiter((self.index[ch] for ch in text), dtype=dtype, count=len(text))
+        return indices.astype(self.dtype)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The compact index type: one byte per character up to K = 256, else two."""
+        return np.dtype(np.uint8 if len(self.chars) <= 256 else np.uint16)
+
+    def _lookup(self) -> np.ndarray:
+        """Index by code point, -1 where unknown: a vectorised encode, no dict per character."""
+        if getattr(self, "_table", None) is None:
+            cps = [ord(ch) for ch in self.chars]
+            self._table = np.full(max(cps, default=0) + 2, -1, dtype=np.int32)
+            self._table[cps] = np.arange(len(cps), dtype=np.int32)
+        return self._table
 
     def decode(self, indices: Iterable[int]) -> str:
         return "".join(self.chars[int(i)] for i in indices)
