@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from charwise.corpus import Corpus
+from charwise.corpus import Corpus, load_corpus
 from charwise.engines import fast, reference
 from charwise.optim import CLIP, EPS, ETA, TrainState
 from charwise.params import RNNParams
@@ -140,6 +140,25 @@ def test_200_updates_each_from_the_reference_state():
     ):
         assert np.array_equal(a, b)
     assert start.smooth_loss == state.smooth_loss and start.best_update == state.best_update
+
+
+def test_document_corpus_blocks_match_reference(tmp_path):
+    """Short documents: chunks of varying length that reset h_prev at every document."""
+    lines = english_like(4000, seed=9).splitlines()
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    c = load_corpus(path, format="lines")
+    schedule = Schedule.for_corpus(c, 25)
+    starts, lengths, resets = schedule.block(0, 150)
+    assert len(set(lengths.tolist())) > 3 and resets.sum() > 10
+    state = TrainState.fresh(RNNParams.init(20, len(c.vocab), seed=4))
+    data = np.asarray(c.data)
+    for k in range(150):
+        ref_state = copy.deepcopy(state)
+        block = (starts[k : k + 1], lengths[k : k + 1], resets[k : k + 1])
+        assert fast.train_block(state, data, *block, ETA, EPS, CLIP, np.empty(1)) == 1
+        assert reference.train_block(ref_state, data, *block, ETA, EPS, CLIP, np.empty(1)) == 1
+        assert_states_close(state, ref_state, REL64)
 
 
 def run_block(engine, c: Corpus, params: RNNParams, updates: int) -> tuple[TrainState, np.ndarray]:
