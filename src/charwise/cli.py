@@ -288,6 +288,23 @@ def train(ctx, corpus, updates, out, no_progress, resume, **settings):
 
 
 @main.command()
+@corpus_argument
+@with_options(encoding_options)
+@click.option("--m", default=100, show_default=True, help="Hidden units.")
+@click.option("--seq-length", default=25, show_default=True, help="Characters per chunk.")
+@click.option("--repeats", default=5, show_default=True, help="Interleaved repetitions.")
+def bench(corpus, encoding, errors, m, seq_length, repeats):
+    """Training and sampling speed of every engine side by side, against a classic loop."""
+    from charwise import bench as benchmark
+
+    if repeats < 1 or m < 1 or seq_length < 1:
+        raise CharwiseError("--repeats, --m and --seq-length must be positive")
+    c = load_corpus(corpus, encoding, errors)
+    rows, notes = benchmark.run(c, m, seq_length, repeats)
+    click.echo(benchmark.table(c, rows, notes, m, seq_length))
+
+
+@main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option(
     "--length",

@@ -1,0 +1,545 @@
+"""The numba engine: the reference math (SPEC.md) compiled, fused, and run a block at a time.
+
+Same interface and semantics as engines.reference, checked against it to ~1e-10 relative
+(tests/test_fast.py). What makes it fast: index gathers instead of one-hot products, the
+sequence-wide products (logits, dV, dW, dH) done as matrix products over all steps at
+once, register-friendly loops that the compiler vectorises, a vectorisable tanh and exp,
+AdaGrad on the touched columns of U only (the others have a zero gradient, for which the
+step is exactly a no-op) with 1/sqrt by Newton steps, the best-model snapshot taken in
+the AdaGrad pass, and whole blocks of updates in one compiled call.
+
+Rounding: sums run in a fixed order and multiply-adds may be fused (FASTMATH below), so
+results differ from numpy's in the last bits only (~1e-15); NaN/inf semantics are kept,
+so divergence is detected exactly as by the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def numba_cache_dir(package_writable: bool, environ) -> str | None:
+    """The folder for numba's on-disk cache when this package's folder is read-only.
+
+    numba caches next to the source by default; an installed, read-only package would
+    otherwise recompile on every start. None: keep numba's choice (the user's
+    NUMBA_CACHE_DIR, or __pycache__ beside this file).
+    """
+    if environ.get("NUMBA_CACHE_DIR") or package_writable:
+        return None
+    base = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return str(Path(base) / "charwise" / "numba")
+
+
+CACHE_DIR = numba_cache_dir(os.access(Path(__file__).parent, os.W_OK), os.environ)
+if CACHE_DIR:
+    os.environ["NUMBA_CACHE_DIR"] = CACHE_DIR  # read by numba when it is first imported
+
+import numba  # noqa: E402  (after the cache folder is chosen)
+
+if CACHE_DIR:
+    numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before charwise
+
+from charwise.optim import TrainState  # noqa: E402
+from charwise.params import RNNParams  # noqa: E402
+
+# Fused multiply-add only: one rounding instead of two in a*b + c. No reassociation, no
+# approximate functions, no NaN/inf assumptions (full fastmath would break all of these).
+FASTMATH = {"contract"}
+# IEEE division (x/0 = inf, as numpy) instead of Python's ZeroDivisionError check, whose
+# branch would keep every loop with a division from being vectorised.
+jit = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+
+TANH_CUT = 20.0  # tanh(20) rounds to 1.0 in float64; larger |a| is clamped here
+TANH_HALVINGS = 8  # tanh via expm1(-2|a| / 2^8) and 8 doublings E <- E (E + 2)
+EXP_MIN = -708.0  # exp is evaluated on [EXP_MIN, 0]; below it returns ~1e-308, not 0
+LOG2E = 1.4426950408889634
+LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * LN2_HI is exact (fdlibm)
+LN2_LO = 1.90821492927058770002e-10
+POW2 = np.ldexp(1.0, np.arange(-1022, 1))  # 2^k for k = -1022 .. 0, indexed by k + 1022
+
+
+# ---- building blocks ------------------------------------------------------------------------
+@jit
+def _matmul(C, A, B, accumulate):
+    """C (+)= A @ B with every entry summed over p in order; rows of B and C are the vector axis.
+
+    Two rows of C share each load of four rows of B (a matrix-vector product takes eight
+    rows of B at a time instead), so that loads do not outnumber multiply-adds.
+    """
+    R, P = A.shape
+    N = B.shape[1]
+    if not accumulate:
+        C[:] = 0.0
+    if R == 1:
+        c = C[0]
+        p = 0
+        while p + 8 <= P:
+            a0, a1, a2, a3 = A[0, p], A[0, p + 1], A[0, p + 2], A[0, p + 3]
+            a4, a5, a6, a7 = A[0, p + 4], A[0, p + 5], A[0, p + 6], A[0, p + 7]
+            b0, b1, b2, b3 = B[p], B[p + 1], B[p + 2], B[p + 3]
+            b4, b5, b6, b7 = B[p + 4], B[p + 5], B[p + 6], B[p + 7]
+            for n in range(N):
+                s = c[n] + a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
+                c[n] = s + a4 * b4[n] + a5 * b5[n] + a6 * b6[n] + a7 * b7[n]
+            p += 8
+        while p < P:
+            a0, b0 = A[0, p], B[p]
+            for n in range(N):
+                c[n] = c[n] + a0 * b0[n]
+            p += 1
+        return
+    r = 0
+    while r + 2 <= R:
+        c, d = C[r], C[r + 1]
+        p = 0
+        while p + 4 <= P:
+            a0, a1, a2, a3 = A[r, p], A[r, p + 1], A[r, p + 2], A[r, p + 3]
+            e0, e1, e2, e3 = A[r + 1, p], A[r + 1, p + 1], A[r + 1, p + 2], A[r + 1, p + 3]
+            b0, b1, b2, b3 = B[p], B[p + 1], B[p + 2], B[p + 3]
+            for n in range(N):
+                x0, x1, x2, x3 = b0[n], b1[n], b2[n], b3[n]
+                c[n] = c[n] + a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+                d[n] = d[n] + e0 * x0 + e1 * x1 + e2 * x2 + e3 * x3
+            p += 4
+        while p < P:
+            a0, e0, b0 = A[r, p], A[r + 1, p], B[p]
+            for n in range(N):
+                c[n] = c[n] + a0 * b0[n]
+                d[n] = d[n] + e0 * b0[n]
+            p += 1
+        r += 2
+    while r < R:  # the last row when R is odd
+        c = C[r]
+        for p in range(P):
+            a0, b0 = A[r, p], B[p]
+            for n in range(N):
+                c[n] = c[n] + a0 * b0[n]
+        r += 1
+
+
+@jit
+def _transpose(A, out):
+    """out = A.T (contiguous writes, strided reads: the faster way round here)."""
+    R, N = A.shape
+    for n in range(N):
+        for r in range(R):
+            out[n, r] = A[r, n]
+
+
+@jit
+def _tanh(a, out):
+    """out = tanh(a) elementwise, in float64, to a few ulp; vectorisable (no libm call).
+
+    tanh(y) = -E / (2 + E) with E = expm1(-2y), for y = |a|; E comes from a Taylor series
+    at -2y / 2^8 and 8 doublings expm1(2x) = E (E + 2), which keep the relative accuracy.
+    """
+    for i in range(a.size):
+        v = np.float64(a[i])
+        y = abs(v)
+        if y > TANH_CUT:
+            y = TANH_CUT
+        x = y * (-2.0 / 2.0**TANH_HALVINGS)
+        e = 1.0 / 39916800.0  # Taylor coefficients 1/n! of expm1, n = 11 .. 1
+        e = e * x + 1.0 / 3628800.0
+        e = e * x + 1.0 / 362880.0
+        e = e * x + 1.0 / 40320.0
+        e = e * x + 1.0 / 5040.0
+        e = e * x + 1.0 / 720.0
+        e = e * x + 1.0 / 120.0
+        e = e * x + 1.0 / 24.0
+        e = e * x + 1.0 / 6.0
+        e = e * x + 0.5
+        e = e * x + 1.0
+        e = e * x
+        for _ in range(TANH_HALVINGS):
+            e = e * (e + 2.0)
+        t = -e / (2.0 + e)
+        out[i] = t if v >= 0.0 else -t if v < 0.0 else v  # NaN stays NaN
+
+
+@jit
+def _exp_nonpositive(z, out):
+    """out = exp(z) for z <= 0 (NaN stays NaN), float64, ~1 ulp; vectorisable.
+
+    exp(z) = 2^k exp(r) with k = round(z / ln 2), |r| <= ln(2) / 2, exp(r) by Taylor.
+    """
+    for i in range(z.size):
+        v = z[i]
+        w = v if v >= EXP_MIN else EXP_MIN if v < EXP_MIN else v
+        k = math.floor(w * LOG2E + 0.5)
+        r = (w - k * LN2_HI) - k * LN2_LO
+        p = 1.0 / 6227020800.0  # 1/n!, n = 13 .. 0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        p = p * r + 1.0
+        j = int(k) + 1022 if w == w else 0
+        out[i] = p * POW2[j] if w == w else w
+
+
+@jit
+def _all_finite(a) -> bool:
+    """No NaN or infinity in the 1-d array a (a branch-free count, so it vectorises)."""
+    bad = 0
+    for i in range(a.size):
+        bad += not (abs(a[i]) < np.inf)
+    return bad == 0
+
+
+# ---- one chunk: loss, gradients, last hidden state --------------------------------------------
+@jit
+def _step(b, U, WT, xt, h, out, z64):
+    """out = tanh(W h + U[:, xt] + b) for one-row views h, out; WT = W^T."""
+    a = out[0]
+    _matmul(out, h, WT, False)
+    for i in range(b.size):
+        a[i] = a[i] + U[i, xt] + b[i]
+    _tanh(a, z64[: b.size])
+    for i in range(b.size):
+        a[i] = z64[i]
+
+
+@jit
+def _loss_and_grads(b, c, U, W, V, x, y, h0, ws, z64, grads) -> float:
+    """L for one chunk; fills grads (dU only on the columns of x, which must be zero on entry).
+
+    ws = (WT, VT, H, P, dH, dA) in the parameters' dtype: W^T, V^T, H (n+1, m) with H[0] = h0,
+    logits then dL/do (n, K), V^T dL/do_t (n, m), dL/da_t (n + 1, m: one spare row);
+    z64: float64 scratch.
+    """
+    WT, VT, H, P, dH, dA = ws
+    db, dc, dU, dW, dV = grads
+    n, m, K = len(x), b.size, c.size
+    _transpose(W, WT)
+    _transpose(V, VT)
+    H[0] = h0
+    for t in range(n):
+        _step(b, U, WT, x[t], H[t : t + 1], H[t + 1 : t + 2], z64)
+    _matmul(P[:n], H[1 : n + 1], VT, False)  # logits o_t = V h_t + c, all steps at once
+    L = 0.0
+    for t in range(n):  # softmax and loss; then P[t] becomes dL/do_t = p_t - onehot(y_t)
+        o = P[t]
+        top = -np.inf
+        for k in range(K):
+            o[k] = o[k] + c[k]
+            if o[k] > top:
+                top = o[k]
+        for k in range(K):
+            z64[k] = o[k] - top  # NaN or inf anywhere makes L NaN, as in the reference
+        zy = z64[y[t]]
+        _exp_nonpositive(z64[:K], z64[:K])
+        s = 0.0
+        for k in range(K):
+            s += z64[k]
+        L += math.log(s) - zy
+        for k in range(K):
+            o[k] = z64[k] / s
+        o[y[t]] -= 1.0
+    dO = P[:n]
+    dc[:] = 0.0
+    for t in range(n):
+        for k in range(K):
+            dc[k] = dc[k] + dO[t, k]
+    _matmul(dV, dO.T, H[1 : n + 1], False)  # dV = dO^T H
+    _matmul(dH[:n], dO, V, False)  # row t: V^T dL/do_t
+    dnext = dA[n : n + 1]  # W^T dL/da_{t+1}, in the spare last row of dA
+    dnext[:] = 0.0
+    for t in range(n - 1, -1, -1):  # dL/da_t = (V^T dL/do_t + W^T dL/da_{t+1}) * (1 - h_t^2)
+        h, da = H[t + 1], dA[t]
+        for i in range(m):
+            da[i] = (dH[t, i] + dnext[0, i]) * (1.0 - h[i] * h[i])
+        if t > 0:
+            _matmul(dnext, dA[t : t + 1], W, False)
+    _matmul(dW, dA[:n].T, H[:n], False)  # dW = dA^T H_prev
+    db[:] = 0.0
+    for t in range(n):
+        for i in range(m):
+            db[i] = db[i] + dA[t, i]
+    for t in range(n):  # column x_t of dU gets da_t
+        xt = x[t]
+        for i in range(m):
+            dU[i, xt] = dU[i, xt] + dA[t, i]
+    return L
+
+
+# ---- AdaGrad and the block of updates ---------------------------------------------------------
+@jit
+def _adagrad(p, g, G, eta, eps, clip, snapshot, save, newton):
+    """Clip g, G += g^2, p -= eta g / sqrt(G + eps) elementwise (optim.adagrad_step), first
+    copying p into snapshot when save is set (the best model, taken in the same pass).
+
+    newton (float64): 1 / sqrt(G + eps) from float32 refined by two Newton steps, to ~1e-16
+    relative; a square root and a division per entry would take twice as long.
+    """
+    for i in range(p.size):
+        if save:
+            snapshot[i] = p[i]
+        gi = g[i]
+        gi = clip if gi > clip else -clip if gi < -clip else gi
+        G[i] = G[i] + gi * gi
+        y = G[i] + eps
+        if newton:
+            r = np.float64(np.float32(1.0) / math.sqrt(np.float32(y)))
+            r = r * (1.5 - 0.5 * y * r * r)
+            r = r * (1.5 - 0.5 * y * r * r)
+            p[i] = p[i] - eta * gi * r
+        else:
+            p[i] = p[i] - eta * gi / math.sqrt(y)
+
+
+@jit
+def _workspace(params, n):
+    """Scratch arrays for chunks of up to n characters: (WT, VT, H, P, dH, dA), z64, grads."""
+    b, c, U, W, V = params
+    m, K = b.size, c.size
+    dt = b.dtype
+    ws = (
+        np.empty((m, m), dt),
+        np.empty((m, K), dt),
+        np.empty((n + 1, m), dt),
+        np.empty((n, K), dt),
+        np.empty((n, m), dt),
+        np.empty((n + 1, m), dt),
+    )
+    grads = (np.empty(m, dt), np.empty(K, dt), np.zeros((m, K), dt), np.empty((m, m), dt))
+    return ws, np.empty(max(m, K)), grads + (np.empty((K, m), dt),)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _smooth(smooth: float, loss: float) -> float:
+    """The smooth loss of SPEC.md, as the exact float64 expression (no fused multiply-add)."""
+    return 0.999 * smooth + 0.001 * loss
+
+
+@jit
+def _train_block(
+    params,
+    G,
+    best,
+    h,
+    best_h,
+    fstate,
+    istate,
+    data,
+    starts,
+    lengths,
+    resets,
+    eta,
+    eps,
+    clip,
+    losses,
+    newton,
+) -> int:
+    """The loop of reference.train_block, compiled; scalars of the state live in
+    fstate = [smooth_loss, best_smooth] and istate = [updates, best_update, best_x0]."""
+    b, c, U, W, V = params
+    K = c.size
+    ws, z64, grads = _workspace(params, max(lengths.max(), 1) if len(lengths) else 1)
+    db, dc, dU, dW, dV = grads
+    touched = np.zeros(K, np.bool_)
+    for k in range(len(starts)):
+        if resets[k]:
+            h[:] = 0.0
+        s, n = starts[k], lengths[k]
+        x, y = data[s : s + n], data[s + 1 : s + n + 1]
+        L = _loss_and_grads(b, c, U, W, V, x, y, h, ws, z64, grads)
+        losses[k] = L
+        finite = math.isfinite(L) and _all_finite(db) and _all_finite(dc)
+        finite = finite and _all_finite(dW.ravel()) and _all_finite(dV.ravel())
+        for t in range(n):
+            finite = finite and _all_finite(dU[:, x[t]])
+        if not finite:
+            return k
+        fstate[0] = L if istate[0] == 0 else _smooth(fstate[0], L)
+        save = fstate[0] < fstate[1]  # snapshot the parameters before this update
+        if save:
+            best[2][:] = U
+            best_h[:] = h
+            istate[2] = x[0]
+            istate[1] = istate[0] + 1
+            fstate[1] = fstate[0]
+        _adagrad(b, db, G[0], eta, eps, clip, best[0], save, newton)
+        _adagrad(c, dc, G[1], eta, eps, clip, best[1], save, newton)
+        _adagrad(W.ravel(), dW.ravel(), G[3].ravel(), eta, eps, clip, best[3].ravel(), save, newton)
+        _adagrad(V.ravel(), dV.ravel(), G[4].ravel(), eta, eps, clip, best[4].ravel(), save, newton)
+        for t in range(n):  # columns of U outside x have g = 0: their step is exactly a no-op
+            j = x[t]
+            if not touched[j]:
+                touched[j] = True
+                _adagrad(U[:, j], dU[:, j], G[2][:, j], eta, eps, clip, U[:, j], False, newton)
+        for t in range(n):
+            touched[x[t]] = False
+            dU[:, x[t]] = 0.0
+        h[:] = ws[2][n]
+        istate[0] += 1
+    return len(starts)
+
+
+# ---- sampling -------------------------------------------------------------------------------
+@jit
+def _probabilities(o, temperature, top_p, p):
+    """p = reference.probabilities(o, temperature, top_p), in float64."""
+    K = o.size
+    if temperature == 0.0:
+        p[:] = 0.0
+        p[np.argmax(o)] = 1.0
+        return
+    top = -np.inf
+    for k in range(K):
+        p[k] = o[k] / temperature
+        if p[k] > top:
+            top = p[k]
+    for k in range(K):
+        p[k] = p[k] - top
+    _exp_nonpositive(p, p)
+    s = 0.0
+    for k in range(K):
+        s += p[k]
+    for k in range(K):
+        p[k] = p[k] / s
+    if top_p < 1.0:  # keep the smallest most-probable set with mass >= top_p (stable order)
+        order = np.argsort(-p, kind="mergesort")
+        mass, keep = 0.0, K - 1
+        for i in range(K):
+            mass += p[order[i]]
+            if mass >= top_p:
+                keep = i
+                break
+        for i in range(keep + 1, K):
+            p[order[i]] = 0.0
+
+
+@jit
+def _draw(p, u) -> int:
+    """The first index i with cumsum(p)[i] > u * sum(p), the sums taken in numpy's order."""
+    total = 0.0
+    for k in range(p.size):
+        total += p[k]
+    v = u * total
+    cs = 0.0
+    for k in range(p.size):
+        cs += p[k]
+        if cs > v:
+            return k
+    return p.size - 1  # unreachable for u < 1; kept inside the vocabulary
+
+
+@jit
+def _sample(b, c, U, W, V, h0, x0, uniforms, temperature, top_p, stop, out) -> int:
+    """Fills out[:n] with drawn indices; returns how many were drawn (fewer after `stop`)."""
+    m, K = b.size, c.size
+    WT, VT = np.empty((m, m)), np.empty((m, K))
+    _transpose(W, WT)
+    _transpose(V, VT)
+    h = np.empty((2, m))
+    h[0] = h0
+    o, p, z64 = np.empty((1, K)), np.empty(K), np.empty(max(m, K))
+    x = x0
+    for i in range(out.size):
+        _step(b, U, WT, x, h[0:1], h[1:2], z64)
+        h[0] = h[1]
+        _matmul(o, h[0:1], VT, False)
+        for k in range(K):
+            o[0, k] = o[0, k] + c[k]
+        _probabilities(o[0], temperature, top_p, p)
+        x = _draw(p, uniforms[i])
+        out[i] = x
+        if x == stop:
+            return i + 1
+    return out.size
+
+
+@jit
+def _advance(b, U, W, h0, x):
+    """The hidden state after reading x from h0."""
+    m = b.size
+    WT = np.empty((m, m))
+    _transpose(W, WT)
+    h = np.empty((2, m))
+    h[0] = h0
+    z64 = np.empty(m)
+    for t in range(x.size):
+        _step(b, U, WT, x[t], h[0:1], h[1:2], z64)
+        h[0] = h[1]
+    return h[0].copy()
+
+
+# ---- the engine interface (see engines/__init__.py) -------------------------------------------
+def _indices(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _float64(params: RNNParams) -> RNNParams:
+    """Sampling runs in float64 like the reference, which upcasts float32 weights."""
+    return params if params.dtype == np.float64 else params.astype(np.float64)
+
+
+def loss_and_grads(params: RNNParams, x, y, h0):
+    """Loss, gradients (as RNNParams) and the last hidden state, by full BPTT."""
+    x, y = _indices(x), _indices(y)
+    arrays = params.arrays()
+    ws, z64, grads = _workspace(arrays, len(x))
+    h0 = np.ascontiguousarray(h0, dtype=params.dtype)
+    L = _loss_and_grads(*arrays, x, y, h0, ws, z64, grads)
+    return float(L), RNNParams(*grads), ws[2][len(x)].copy()
+
+
+def advance(params: RNNParams, h0, x) -> np.ndarray:
+    """The hidden state after reading the characters x from h0."""
+    p = _float64(params)
+    return _advance(p.b, p.U, p.W, np.asarray(h0, dtype=np.float64), _indices(x))
+
+
+def sample(params: RNNParams, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1):
+    """n indices drawn one at a time, each fed back; ends early after drawing `stop`."""
+    p = _float64(params)
+    out = np.empty(n, dtype=np.int64)
+    u = np.ascontiguousarray(uniforms[:n], dtype=np.float64)
+    h0 = np.ascontiguousarray(h0, dtype=np.float64)
+    done = _sample(*p.arrays(), h0, int(x0), u, float(temperature), float(top_p), int(stop), out)
+    return out[:done]
+
+
+def train_block(state: TrainState, data, starts, lengths, resets, eta, eps, clip, losses) -> int:
+    """reference.train_block in one compiled call: len(starts) updates, losses[k] per update."""
+    p = state.params
+    if state.best is None:
+        state.best, state.best_h = p.copy(), np.zeros_like(state.h_prev)
+    cast = p.dtype.type  # AdaGrad's constants in the parameters' dtype, as numpy would use them
+    fstate = np.array([state.smooth_loss, state.best_smooth])
+    istate = np.array([state.updates, state.best_update, state.best_x0], dtype=np.int64)
+    done = _train_block(
+        p.arrays(),
+        state.G.arrays(),
+        state.best.arrays(),
+        state.h_prev,
+        state.best_h,
+        fstate,
+        istate,
+        np.ascontiguousarray(data),
+        np.ascontiguousarray(starts, dtype=np.int64),
+        np.ascontiguousarray(lengths, dtype=np.int64),
+        np.ascontiguousarray(resets, dtype=np.bool_),
+        cast(eta),
+        cast(eps),
+        cast(clip),
+        losses,
+        p.dtype == np.float64,  # newton: see _adagrad
+    )
+    state.smooth_loss, state.best_smooth = float(fstate[0]), float(fstate[1])
+    state.updates, state.best_update, state.best_x0 = (int(v) for v in istate)
+    return int(done)

@@ -1,0 +1,364 @@
+"""The numba engine against the reference engine (the oracle), from identical states."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charwise.corpus import Corpus, load_corpus
+from charwise.engines import fast, reference
+from charwise.optim import CLIP, EPS, ETA, TrainState
+from charwise.params import RNNParams
+from charwise.train import Schedule, TrainConfig, Trainer, read_samples
+from charwise.vocab import Vocab
+from conftest import english_like
+
+REL64 = 1e-10  # float64: both engines round differently (sum order, fused multiply-add) ~1e-15
+# float32 against the float64 reference on the same float32 weights: float32 rounding
+# (eps 6e-8) accumulates over tau = 25 recurrent steps and sums of ~m terms; the bound
+# sqrt(m) * tau * eps ~ 1e-5 for m = 20, with a factor 10 of margin.
+REL32 = 1e-4
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def rel(a, b) -> float:
+    """max |a - b| relative to max |b| (entrywise ratios blow up on entries near zero)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def corpus(n_chars: int = 3000, seed: int = 0) -> Corpus:
+    text = english_like(n_chars, seed)
+    vocab = Vocab.from_text(text)
+    return Corpus(name="english-like", vocab=vocab, data=vocab.encode(text))
+
+
+def trained_like(m: int, K: int, seed: int = 3, dtype=np.float64) -> RNNParams:
+    """Parameters far from the tiny initial ones, so that tanh saturates and clipping acts."""
+    p = RNNParams.init(m, K, sig=0.3, seed=seed)
+    rng = np.random.default_rng(seed)
+    p.b[:] = rng.standard_normal(m)
+    p.c[:] = rng.standard_normal(K)
+    return p.astype(dtype)
+
+
+def assert_states_close(a: TrainState, b: TrainState, tol: float) -> None:
+    for (name, x), (_, y) in zip(a.params.items(), b.params.items(), strict=True):
+        assert rel(x, y) <= tol, f"parameter {name}: {rel(x, y):.2e}"
+    for (name, x), (_, y) in zip(a.G.items(), b.G.items(), strict=True):
+        assert rel(x, y) <= tol, f"AdaGrad G_{name}: {rel(x, y):.2e}"
+    assert rel(a.h_prev, b.h_prev) <= tol
+    assert abs(a.smooth_loss - b.smooth_loss) <= tol * abs(b.smooth_loss)
+    assert a.updates == b.updates
+
+
+# ---- one chunk ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype, tol", [(np.float64, REL64), (np.float32, REL32)])
+def test_loss_grads_and_h_last_match_reference(dtype, tol):
+    c = corpus()
+    K, m, tau = len(c.vocab), 20, 25
+    params = trained_like(m, K, dtype=dtype)
+    h0 = np.tanh(np.random.default_rng(1).standard_normal(m)).astype(dtype)
+    x, y = c.data[100 : 100 + tau], c.data[101 : 101 + tau]
+    L, grads, h = fast.loss_and_grads(params, x, y, h0)
+    L_ref, grads_ref, h_ref = reference.loss_and_grads(params, x, y, h0)
+    assert abs(L - L_ref) <= tol * L_ref
+    for (name, g), (_, g_ref) in zip(grads.items(), grads_ref.items(), strict=True):
+        assert g.shape == g_ref.shape and g.dtype == dtype
+        assert rel(g, g_ref) <= tol, f"d{name}: {rel(g, g_ref):.2e}"
+    assert rel(h, h_ref) <= tol
+    assert np.abs(h_ref).max() > 0.9  # saturated units are part of the comparison
+
+
+def test_short_and_empty_chunks_match_reference():
+    params = trained_like(8, 5)
+    for n in (0, 1, 3):
+        x, y = np.arange(n) % 5, (np.arange(n) + 1) % 5
+        L, grads, h = fast.loss_and_grads(params, x, y, np.zeros(8))
+        L_ref, grads_ref, h_ref = reference.loss_and_grads(params, x, y, np.zeros(8))
+        assert abs(L - L_ref) <= REL64 * max(L_ref, 1.0)
+        for g, g_ref in zip(grads.arrays(), grads_ref.arrays(), strict=True):
+            assert np.allclose(g, g_ref, rtol=REL64, atol=1e-300)
+        assert np.allclose(h, h_ref, rtol=REL64, atol=0)
+
+
+# ---- updates -----------------------------------------------------------------------------------
+def one_update(engine, state: TrainState, data, schedule: Schedule, losses=None) -> int:
+    starts, lengths, resets = schedule.block(state.updates, 1)
+    out = np.empty(1) if losses is None else losses
+    return engine.train_block(state, data, starts, lengths, resets, ETA, EPS, CLIP, out)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, REL64), (np.float32, REL32)])
+def test_one_update_matches_reference(dtype, tol):
+    c = corpus()
+    params = trained_like(20, len(c.vocab), dtype=dtype)
+    params.c[0] = 8.0  # a confidently wrong output: dL/dc_0 ~ tau > CLIP
+    schedule = Schedule(len(c), 25)
+    state = TrainState.fresh(params)
+    state.G = RNNParams(*(np.full_like(a, 0.5) for a in params.arrays()))
+    state.h_prev[:] = 0.3
+    state.updates, state.smooth_loss = 7, 60.0  # not a reset chunk, smooth loss already set
+    fast_state, ref_state = copy.deepcopy(state), copy.deepcopy(state)
+    _, grads, _ = reference.loss_and_grads(params, c.data[175:200], c.data[176:201], state.h_prev)
+    assert max(np.abs(g).max() for g in grads.arrays()) > CLIP  # clipping is exercised
+    losses, losses_ref = np.empty(1), np.empty(1)
+    assert one_update(fast, fast_state, c.data, schedule, losses) == 1
+    assert one_update(reference, ref_state, c.data, schedule, losses_ref) == 1
+    assert abs(losses[0] - losses_ref[0]) <= tol * losses_ref[0]
+    assert_states_close(fast_state, ref_state, tol)
+    assert fast_state.params.dtype == dtype and fast_state.h_prev.dtype == dtype
+
+
+def test_200_updates_each_from_the_reference_state():
+    """Each fast update starts where the previous one ended and is checked against a
+    reference update from that same state; the chunks cross two epoch boundaries."""
+    c = corpus(2000)
+    schedule = Schedule(len(c), 25)
+    assert schedule.per_epoch < 100  # resets of h_prev happen inside the 200 updates
+    state = TrainState.fresh(RNNParams.init(30, len(c.vocab), seed=5))
+    start = copy.deepcopy(state)
+    for _ in range(200):
+        ref_state = copy.deepcopy(state)
+        assert one_update(fast, state, c.data, schedule) == 1
+        assert one_update(reference, ref_state, c.data, schedule) == 1
+        assert_states_close(state, ref_state, REL64)
+        assert state.best_update == ref_state.best_update
+    # The same 200 updates as one block give bit-identical results.
+    starts, lengths, resets = schedule.block(0, 200)
+    assert fast.train_block(start, c.data, starts, lengths, resets, ETA, EPS, CLIP, np.empty(200))
+    for a, b in zip(
+        start.params.arrays() + start.G.arrays(),
+        state.params.arrays() + state.G.arrays(),
+        strict=True,
+    ):
+        assert np.array_equal(a, b)
+    assert start.smooth_loss == state.smooth_loss and start.best_update == state.best_update
+
+
+def test_document_corpus_blocks_match_reference(tmp_path):
+    """Short documents: chunks of varying length that reset h_prev at every document."""
+    lines = english_like(4000, seed=9).splitlines()
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    c = load_corpus(path, format="lines")
+    schedule = Schedule.for_corpus(c, 25)
+    starts, lengths, resets = schedule.block(0, 150)
+    assert len(set(lengths.tolist())) > 3 and resets.sum() > 10
+    state = TrainState.fresh(RNNParams.init(20, len(c.vocab), seed=4))
+    data = np.asarray(c.data)
+    for k in range(150):
+        ref_state = copy.deepcopy(state)
+        block = (starts[k : k + 1], lengths[k : k + 1], resets[k : k + 1])
+        assert fast.train_block(state, data, *block, ETA, EPS, CLIP, np.empty(1)) == 1
+        assert reference.train_block(ref_state, data, *block, ETA, EPS, CLIP, np.empty(1)) == 1
+        assert_states_close(state, ref_state, REL64)
+
+
+def run_block(engine, c: Corpus, params: RNNParams, updates: int) -> tuple[TrainState, np.ndarray]:
+    state = TrainState.fresh(params)
+    starts, lengths, resets = Schedule(len(c), 25).block(0, updates)
+    losses = np.empty(updates)
+    done = engine.train_block(state, c.data, starts, lengths, resets, ETA, EPS, CLIP, losses)
+    assert done == updates
+    return state, losses
+
+
+@pytest.mark.slow
+def test_free_running_2000_updates_same_learning_curve():
+    """Training is chaotic: long runs agree statistically, not bit for bit (DESIGN.md).
+
+    m = 50: on this small, repetitive corpus m = 100 at eta = 0.1 is so chaotic that runs
+    from weights 1e-12 apart end 4-8% apart; at m = 50 they end within 0.2% of each other,
+    so the 3% band tests the engines rather than the luck of one trajectory.
+    """
+    c = corpus(6000, seed=2)
+    K = len(c.vocab)
+    ref, ref_losses = run_block(reference, c, RNNParams.init(50, K, seed=1), 2000)
+    for dtype in (np.float64, np.float32):
+        state, losses = run_block(fast, c, RNNParams.init(50, K, seed=1, dtype=dtype), 2000)
+        assert abs(state.smooth_loss - ref.smooth_loss) <= 0.03 * ref.smooth_loss, dtype
+        assert abs(losses[:1].item() - ref_losses[0]) <= REL32 * ref_losses[0]
+    assert ref.smooth_loss < 0.8 * ref_losses[0]  # it learned something: the band is meaningful
+
+
+def test_divergence_stops_before_the_bad_update():
+    c = corpus()
+    params = trained_like(10, len(c.vocab))
+    params.W[3, 4] = np.nan
+    for engine in (fast, reference):
+        state = TrainState.fresh(params.copy())
+        state.updates = 3
+        losses = np.zeros(5)
+        starts, lengths, resets = Schedule(len(c), 25).block(3, 5)
+        assert (
+            engine.train_block(state, c.data, starts, lengths, resets, ETA, EPS, CLIP, losses) == 0
+        )
+        assert np.isnan(losses[0]) and state.updates == 3
+        assert np.array_equal(state.params.U, params.U) and not state.G.W.any()
+
+
+def test_best_snapshot_block_equals_one_update_at_a_time():
+    """English-like text, then random letters: the smooth loss falls, then rises again."""
+    text = english_like(10_000, seed=4)
+    noise = np.random.default_rng(4).choice(sorted(set(text)), 6_000)
+    vocab = Vocab.from_text(text)
+    c = Corpus(name="easy-then-hard", vocab=vocab, data=vocab.encode(text + "".join(noise)))
+    schedule = Schedule(len(c), 25)
+    params = RNNParams.init(16, len(c.vocab), seed=2)
+    blocked, stepped = TrainState.fresh(params.copy()), TrainState.fresh(params.copy())
+    n = 600
+    starts, lengths, resets = schedule.block(0, n)
+    losses = np.empty(n)
+    assert fast.train_block(blocked, c.data, starts, lengths, resets, ETA, EPS, CLIP, losses) == n
+    snapshots = []
+    for _ in range(n):
+        snapshots.append((stepped.params.copy(), stepped.h_prev.copy()))
+        one_update(fast, stepped, c.data, schedule)
+    smooth = np.empty(n)  # the oracle: the first minimum of the smooth loss, in float64
+    for k, loss in enumerate(losses):
+        smooth[k] = loss if k == 0 else 0.999 * smooth[k - 1] + 0.001 * loss
+    best = int(np.argmin(smooth))
+    assert 300 < best + 1 < 500  # in the middle of the block, at the end of the easy part
+    for state in (blocked, stepped):
+        assert state.best_update == best + 1 and state.best_smooth == smooth[best]
+        assert state.best_x0 == c.data[starts[best]]
+        assert np.array_equal(state.best_h, snapshots[best][1])
+        for a, b in zip(state.best.arrays(), snapshots[best][0].arrays(), strict=True):
+            assert np.array_equal(a, b)
+
+
+# ---- sampling ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "temperature, top_p", [(1.0, 1.0), (0.5, 1.0), (1.3, 0.9), (0.0, 1.0), (0.8, 0.5)]
+)
+def test_sampling_draws_the_same_indices(temperature, top_p):
+    params = trained_like(24, 30, seed=7)
+    h0 = np.tanh(np.random.default_rng(2).standard_normal(24))
+    uniforms = np.random.default_rng(3).random(400)
+    for p in (params, params.astype(np.float32)):
+        got = fast.sample(p, h0, 4, 400, uniforms, temperature, top_p)
+        want = reference.sample(p, h0, 4, 400, uniforms, temperature, top_p)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert len(set(got.tolist())) > (1 if temperature else 0)
+
+
+def test_sampling_stops_after_the_stop_index_and_advance_matches():
+    params = trained_like(24, 30, seed=8)
+    uniforms = np.random.default_rng(4).random(500)
+    got = fast.sample(params, np.zeros(24), 1, 500, uniforms, stop=2)
+    want = reference.sample(params, np.zeros(24), 1, 500, uniforms, stop=2)
+    assert np.array_equal(got, want) and got[-1] == 2 and len(got) < 500
+    x = np.arange(40) % 30
+    assert (
+        rel(fast.advance(params, np.zeros(24), x), reference.advance(params, np.zeros(24), x))
+        < REL64
+    )
+
+
+# ---- the trainer -------------------------------------------------------------------------------
+def train_run(tmp_path, capsys, engine: str, dtype: str = "float64"):
+    """A Trainer run with small intervals; returns it and the update numbers it printed."""
+    cfg = TrainConfig(m=12, seq_length=10, print_every=7, sample_every=40, sample_length=30)
+    cfg.engine, cfg.dtype, cfg.passage_length = engine, dtype, 50
+    trainer = Trainer(corpus(1500, seed=6), cfg, tmp_path / f"{engine}-{dtype}")
+    trainer.run(250, progress=False)
+    lines = capsys.readouterr().out.splitlines()
+    printed = [int(line.split()[1]) for line in lines if line.startswith("update ")]
+    return trainer, printed
+
+
+def test_events_happen_at_the_same_updates_with_either_engine(tmp_path, capsys):
+    runs = [
+        train_run(tmp_path, capsys, "reference"),
+        train_run(tmp_path, capsys, "fast"),
+        train_run(tmp_path, capsys, "fast", "float32"),
+    ]
+    samples = [read_samples(trainer.out / "samples.txt") for trainer, _ in runs]
+    assert [s["update"] for s in samples[0]] == [0, 40, 80, 120, 160, 200, 240]
+    assert runs[0][1] == list(range(7, 250, 7))
+    rows = [(trainer.out / "metrics.csv").read_text().splitlines() for trainer, _ in runs]
+    first_loss = [float(r[1].split(",")[2]) for r in rows]
+    for (trainer, printed), other, row, loss in zip(
+        runs[1:], samples[1:], rows[1:], first_loss[1:], strict=True
+    ):
+        assert printed == runs[0][1]
+        assert [s["update"] for s in other] == [s["update"] for s in samples[0]]
+        assert other[0]["text"] == samples[0][0]["text"]  # same weights, same uniforms
+        assert len(row) == len(rows[0]) == 251
+        assert abs(loss - first_loss[0]) <= REL32 * first_loss[0]
+        assert trainer.state.updates == runs[0][0].state.updates == 250
+        assert (trainer.out / "final.npz").exists() and (trainer.out / "best.npz").exists()
+    assert abs(first_loss[1] - first_loss[0]) <= REL64 * first_loss[0]
+
+
+# ---- start-up ----------------------------------------------------------------------------------
+def run_python(code: str, **env) -> str:
+    full_env = {**os.environ, "PYTHONPATH": str(SRC), **env}
+    full_env.pop("NUMBA_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_charwise_does_not_import_numba():
+    code = "import sys, charwise, charwise.cli, charwise.train; print('numba' in sys.modules)"
+    assert run_python(code) == "False"
+
+
+def test_cache_dir_is_a_user_folder_only_for_a_read_only_package():
+    env = {"XDG_CACHE_HOME": "/x/cache"}
+    assert fast.numba_cache_dir(False, env) == str(Path("/x/cache/charwise/numba"))
+    assert fast.numba_cache_dir(True, env) is None  # numba's __pycache__ beside the source
+    assert fast.numba_cache_dir(False, {**env, "NUMBA_CACHE_DIR": "/mine"}) is None
+    assert fast.numba_cache_dir(False, {}).endswith(str(Path(".cache/charwise/numba")))
+
+
+@pytest.mark.slow
+def test_read_only_package_compiles_once_into_the_user_cache(tmp_path):
+    """The package folder is made to look read-only (os.access; tests may run as root)."""
+    code = (
+        "import os; real = os.access\n"
+        "os.access = lambda p, m, **k: False if str(p).endswith('engines') else real(p, m, **k)\n"
+        "import numpy as np\n"
+        "from charwise.engines import fast\n"
+        "from charwise.params import RNNParams\n"
+        "fast.advance(RNNParams.init(4, 3), np.zeros(4), np.array([0, 2, 1]))\n"
+        "print(fast.CACHE_DIR, fast._advance.stats.cache_hits.most_common(1))"
+    )
+    cache = tmp_path / "cache"
+    first = run_python(code, XDG_CACHE_HOME=str(cache))
+    assert first.startswith(str(cache / "charwise" / "numba")) and first.endswith("[]")
+    assert list((cache / "charwise" / "numba").rglob("*.nbi"))
+    second = run_python(code, XDG_CACHE_HOME=str(cache))
+    assert second.endswith(", 1)]")  # loaded from the cache, not compiled again
+
+
+@pytest.mark.slow
+def test_bench_command_prints_every_engine(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(english_like(3000), encoding="utf-8")
+    args = ["bench", str(path), "--m", "8", "--seq-length", "10", "--repeats", "1"]
+    out = subprocess.run(
+        [sys.executable, "-m", "charwise", *args],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    for label in (
+        "(a) classic",
+        "(b) reference",
+        "(c) fast float64",
+        "(d) fast float32",
+        "(e) torch",
+    ):
+        assert label in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("(")]
+    assert rows[0].split()[-1] == "1.0x" and all(row.endswith("x") for row in rows[:4])
