@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from charwise import checkpoint
 from charwise.train import CHECKPOINT, TrainConfig
@@ -16,15 +14,7 @@ N = 260  # updates of every run here: 2.6 epochs of the corpus below at seq leng
 WORDS = "the cat sat on a mat while dogs ran far away, quickly! Then: rest.".split()
 
 
-def engines() -> list:
-    """Both engines (fast also in float32); fast is skipped only while it does not exist yet."""
-    missing = importlib.util.find_spec("charwise.engines.fast") is None
-    marks = [pytest.mark.skip(reason="charwise.engines.fast not written yet")] if missing else []
-    return [
-        "reference",
-        pytest.param("fast", marks=marks),
-        pytest.param("fast-float32", marks=marks),
-    ]
+ENGINES = ["reference", "fast", "fast-float32"]  # "fast-float32": the fast engine in float32
 
 
 def write_corpus(path: Path, n_words: int = 190, seed: int = 0) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import zipfile
@@ -20,10 +19,6 @@ from charwise.train import CHECKPOINT, Trainer
 from charwise.vocab import Vocab
 from runs import small_config, write_corpus
 
-needs_fast = pytest.mark.skipif(
-    importlib.util.find_spec("charwise.engines.fast") is None,
-    reason="charwise.engines.fast not written yet",
-)
 VOCAB = Vocab("\n abcdefghij.")
 
 
@@ -112,7 +107,6 @@ def test_big_endian_and_fortran_files(byteorder, fortran, tmp_path):
     assert loaded.sample(200, seed=1) == rnn.sample(200, seed=1)
 
 
-@needs_fast
 def test_fast_float32_run_loads_in_the_reference_engine(tmp_path):
     corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
     out = tmp_path / "run"
@@ -126,7 +120,6 @@ def test_fast_float32_run_loads_in_the_reference_engine(tmp_path):
         Trainer.resume(out, corpus, engine="reference")
 
 
-@needs_fast
 def test_reference_run_continues_and_samples_in_the_fast_engine(tmp_path):
     corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
     out = tmp_path / "run"

@@ -15,7 +15,7 @@ from charwise.cli import main
 from charwise.corpus import load_corpus
 from charwise.errors import CharwiseError
 from charwise.train import CHECKPOINT, Trainer, read_samples
-from runs import WORDS, N, assert_same_run, engines, small_config, write_corpus
+from runs import ENGINES, WORDS, N, assert_same_run, small_config, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def corpus_file(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "words.txt")
 
 
-@pytest.fixture(scope="module", params=engines())
+@pytest.fixture(scope="module", params=ENGINES)
 def one_go(request, corpus_file, tmp_path_factory):
     """The uninterrupted run to N updates, per engine."""
     engine = request.param

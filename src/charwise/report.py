@@ -7,6 +7,7 @@ import json
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -34,7 +35,9 @@ def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise CharwiseError(f"{run_dir} has no metrics.csv; give a run directory of charwise train")
-    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 4)  # 0 rows too
+    with warnings.catch_warnings():  # a run stopped at update 0 has a header and no rows
+        warnings.filterwarnings("ignore", "loadtxt: input contained no data")
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 4)
     return {name: table[:, i] for i, name in enumerate(["update", "epoch", "loss", "smooth_loss"])}
 
 
