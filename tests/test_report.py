@@ -386,3 +386,14 @@ def test_overfit_check_stops_after_the_first_pass_below_target():
     while prefix < 75 and fit["sample"][prefix + 1] == text[prefix + 1]:
         prefix += 1
     assert fit["matching_chars"] == prefix
+
+
+def test_report_on_a_document_corpus_records_its_loader(tmp_path):
+    """A --lines corpus: the report runs, and its command line reproduces the loader options."""
+    lines = "\n".join(f"name number {i}, {'abc' * (i % 4)}!" for i in range(60)) + "\n"
+    out = make_report(write_corpus(tmp_path, lines, "names"), tmp_path / "docs", "--lines")
+    data = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert data["corpus"]["loader"]["format"] == "lines"
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "--format lines" in md and "--seq-length" in md
+    assert len(read_samples(out / "samples.txt")) >= 1

@@ -339,7 +339,7 @@ def sample(checkpoint, length, count, prime, temperature, top_p, seed, engine):
 
 @main.command()
 @corpus_argument
-@with_options(encoding_options)
+@with_options(corpus_options)
 @with_options(train_options)
 @click.option(
     "--overfit-cap",
@@ -355,7 +355,7 @@ def sample(checkpoint, length, count, prime, temperature, top_p, seed, engine):
     help="Rebuild the report of this report directory without training.",
 )
 @click.pass_context
-def report(ctx, corpus, encoding, errors, updates, out, no_progress, overfit_cap, from_dir, **kw):
+def report(ctx, corpus, updates, out, no_progress, overfit_cap, from_dir, **kw):
     """Gradient check, overfit check, training run and best passage of CORPUS, as a report.
 
     Writes OUT/report.md and a self-contained OUT/report.html. Without --updates the run
@@ -375,7 +375,8 @@ def report(ctx, corpus, encoding, errors, updates, out, no_progress, overfit_cap
             raise CharwiseError(f"--from rebuilds an existing report; drop {', '.join(given)}")
         md, page = build_report(from_dir)
     else:
-        c = load_corpus(corpus, encoding, errors)
+        loader = loader_options(kw)  # pops the loader options (and applies a --preset)
+        c = load_corpus(corpus, **loader)
         config = TrainConfig(**kw)
         if ctx.get_parameter_source("updates") == click.core.ParameterSource.DEFAULT:
             updates = default_updates(Schedule.for_corpus(c, config.seq_length).per_epoch)
@@ -385,8 +386,7 @@ def report(ctx, corpus, encoding, errors, updates, out, no_progress, overfit_cap
             updates,
             run_dir(out, c),
             corpus,
-            encoding,
-            errors,
+            loader,
             overfit_cap,
             progress=not no_progress,
             log=click.echo,

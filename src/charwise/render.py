@@ -260,9 +260,13 @@ def _loss(x: float) -> str:
 def _command(data: dict) -> str:
     """The charwise report command line that reproduces this report."""
     options = {"updates": data["updates"], **data["config"], "overfit_cap": data["overfit"]["cap"]}
-    options |= {k: data["corpus"][k] for k in ("encoding", "errors")}
-    flags = " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in options.items())
-    return f"charwise report {shlex.quote(data['source'])} {flags}"
+    options |= data["corpus"]["loader"]
+    flags = [
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
+        for k, v in options.items()
+        if v is not None and v is not False
+    ]
+    return f"charwise report {shlex.quote(data['source'])} {' '.join(flags)}"
 
 
 def document(data: dict, samples: list[dict], passage: str, best: dict, final: dict) -> Doc:
