@@ -81,6 +81,9 @@ def test_jsonl_and_text_field(tmp_path):
     assert docs(c) == ["one", "three"] and steps(c)["drop-retweets"][:2] == (3, 1)
     with pytest.raises(CharwiseError, match=r"no text field 'text'.*--text-field"):
         load_corpus(path)
+    (tmp_path / "n.jsonl").write_text('{"text": 5}\n')
+    with pytest.raises(CharwiseError, match=r"line 1: field 'text' holds int, not text"):
+        load_corpus(tmp_path / "n.jsonl")
 
 
 def test_csv_with_named_column(tmp_path):

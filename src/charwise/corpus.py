@@ -196,6 +196,9 @@ def _record_piece(obj, where: str, field: str) -> Piece:
     """A JSON value as a document: a string, or an object with a text field."""
     if isinstance(obj, str):
         return obj, False
+    if isinstance(obj, dict) and field in obj and not isinstance(obj[field], str):
+        kind = type(obj[field]).__name__
+        raise CharwiseError(f"{where}: field {field!r} holds {kind}, not text; fix the record")
     if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
         keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         raise CharwiseError(
