@@ -175,11 +175,17 @@ def _all_finite(a) -> bool:
 def _step(b, U, WT, xt, h, out, z64):
     """out = tanh(W h + U[:, xt] + b) for vectors h, out; WT = W^T."""
     _matvec(out, h, WT)
+    _activate(b, U, xt, out, z64)
+
+
+@jit
+def _activate(b, U, xt, a, z64):
+    """a = tanh(a + U[:, xt] + b) in place, where a holds W h on entry."""
     for i in range(b.size):
-        out[i] = out[i] + U[i, xt] + b[i]
-    _tanh(out, z64[: b.size])
+        a[i] = a[i] + U[i, xt] + b[i]
+    _tanh(a, z64[: b.size])
     for i in range(b.size):
-        out[i] = z64[i]
+        a[i] = z64[i]
 
 
 @jit
@@ -409,19 +415,19 @@ def _draw(p, u) -> int:
 def _sample(b, c, U, W, V, h0, x0, uniforms, temperature, top_p, stop, out) -> int:
     """Fills out[:n] with drawn indices; returns how many were drawn (fewer after `stop`)."""
     m, K = b.size, c.size
-    WT, VT = np.empty((m, m)), np.empty((m, K))
-    _transpose(W, WT)
-    _transpose(V, VT)
-    h = np.empty((2, m))
-    h[0] = h0
+    B = np.empty((m, m + K))  # [W^T V^T]: h @ B is W h and V h in one pass over h
+    _transpose(W, B[:, :m])
+    _transpose(V, B[:, m:])
+    h, wv = h0.copy(), np.empty(m + K)
     o, p, z64 = np.empty(K), np.empty(K), np.empty(max(m, K))
+    _matvec(wv, h, B)
     x = x0
     for i in range(out.size):
-        _step(b, U, WT, x, h[0], h[1], z64)
-        h[0] = h[1]
-        _matvec(o, h[0], VT)
+        h[:] = wv[:m]
+        _activate(b, U, x, h, z64)  # h_t from W h_{t-1} and x
+        _matvec(wv, h, B)  # W h_t for the next step, and the logits V h_t
         for k in range(K):
-            o[k] = o[k] + c[k]
+            o[k] = wv[m + k] + c[k]
         _probabilities(o, temperature, top_p, p)
         x = _draw(p, uniforms[i])
         out[i] = x
