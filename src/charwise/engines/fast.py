@@ -172,37 +172,38 @@ def _all_finite(a) -> bool:
 
 # ---- one chunk: loss, gradients, last hidden state --------------------------------------------
 @jit
-def _step(b, U, WT, xt, h, out, z64):
-    """out = tanh(W h + U[:, xt] + b) for vectors h, out; WT = W^T."""
+def _step(b, UT, WT, xt, h, out, z64):
+    """out = tanh(W h + U[:, xt] + b) for vectors h, out; WT = W^T, UT = U^T."""
     _matvec(out, h, WT)
-    _activate(b, U, xt, out, z64)
+    _activate(b, UT, xt, out, z64)
 
 
 @jit
-def _activate(b, U, xt, a, z64):
-    """a = tanh(a + U[:, xt] + b) in place, where a holds W h on entry."""
+def _activate(b, UT, xt, a, z64):
+    """a = tanh(a + U[:, xt] + b) in place, where a holds W h on entry; UT = U^T."""
     for i in range(b.size):
-        a[i] = a[i] + U[i, xt] + b[i]
+        a[i] = a[i] + UT[xt, i] + b[i]
     _tanh(a, z64[: b.size])
     for i in range(b.size):
         a[i] = z64[i]
 
 
 @jit
-def _loss_and_grads(b, c, U, W, V, x, y, h0, ws, z64, grads) -> float:
-    """L for one chunk; fills grads (dU only on the columns of x, which must be zero on entry).
+def _loss_and_grads(b, c, UT, W, V, x, y, h0, ws, z64, grads) -> float:
+    """L for one chunk; fills grads (db, dc, dU^T, dW, dV) from UT = U^T and the other
+    parameters; dU^T only on the rows of x, which must be zero on entry.
 
     ws = (WT, H, P, dH, dA) in the parameters' dtype: W^T, H (n+1, m) with H[0] = h0,
     logits then dL/do (n, K), V^T dL/do_t (n, m), dL/da_t (n + 1, m: one spare row);
     z64: float64 scratch.
     """
     WT, H, P, dH, dA = ws
-    db, dc, dU, dW, dV = grads
+    db, dc, dUT, dW, dV = grads
     n, m, K = len(x), b.size, c.size
     _transpose(W, WT)
     H[0] = h0
     for t in range(n):
-        _step(b, U, WT, x[t], H[t], H[t + 1], z64)
+        _step(b, UT, WT, x[t], H[t], H[t + 1], z64)
     np.dot(H[1 : n + 1], V.T, P[:n])  # logits o_t = V h_t + c, all steps at once
     L = 0.0
     for t in range(n):  # softmax and loss; then P[t] becomes dL/do_t = p_t - onehot(y_t)
@@ -243,10 +244,10 @@ def _loss_and_grads(b, c, U, W, V, x, y, h0, ws, z64, grads) -> float:
     for t in range(n):
         for i in range(m):
             db[i] = db[i] + dA[t, i]
-    for t in range(n):  # column x_t of dU gets da_t
+    for t in range(n):  # column x_t of dU (row x_t of dU^T) gets da_t
         xt = x[t]
         for i in range(m):
-            dU[i, xt] = dU[i, xt] + dA[t, i]
+            dUT[xt, i] = dUT[xt, i] + dA[t, i]
     return L
 
 
@@ -277,7 +278,8 @@ def _adagrad(p, g, G, eta, eps, clip, snapshot, save, newton):
 
 @jit
 def _workspace(params, n):
-    """Scratch arrays for chunks of up to n characters: (WT, H, P, dH, dA), z64, grads."""
+    """Scratch arrays for chunks of up to n characters: (WT, H, P, dH, dA), z64, grads
+    (db, dc, dU^T, dW, dV)."""
     b, c, U, W, V = params
     m, K = b.size, c.size
     dt = b.dtype
@@ -288,7 +290,7 @@ def _workspace(params, n):
         np.empty((n, m), dt),
         np.empty((n + 1, m), dt),
     )
-    grads = (np.empty(m, dt), np.empty(K, dt), np.zeros((m, K), dt), np.empty((m, m), dt))
+    grads = (np.empty(m, dt), np.empty(K, dt), np.zeros((K, m), dt), np.empty((m, m), dt))
     return ws, np.empty(max(m, K)), grads + (np.empty((K, m), dt),)
 
 
@@ -318,29 +320,82 @@ def _train_block(
     newton,
 ) -> int:
     """The loop of reference.train_block, compiled; scalars of the state live in
-    fstate = [smooth_loss, best_smooth] and istate = [updates, best_update, best_x0]."""
+    fstate = [smooth_loss, best_smooth] and istate = [updates, best_update, best_x0].
+
+    U, its AdaGrad sums and its best copy are held transposed during the block, so that the
+    columns a chunk reads and updates are contiguous rows; they are written back at the end.
+    """
     b, c, U, W, V = params
+    UT, GUT = np.ascontiguousarray(U.T), np.ascontiguousarray(G[2].T)
+    bestUT = np.empty_like(UT)
+    best_update = istate[1]
+    done = _train_updates(
+        (b, c, UT, W, V),
+        (G[0], G[1], GUT, G[3], G[4]),
+        (best[0], best[1], bestUT, best[3], best[4]),
+        h,
+        best_h,
+        fstate,
+        istate,
+        data,
+        starts,
+        lengths,
+        resets,
+        eta,
+        eps,
+        clip,
+        losses,
+        newton,
+    )
+    U[:] = UT.T
+    G[2][:] = GUT.T
+    if istate[1] != best_update:  # a snapshot was taken in this block
+        best[2][:] = bestUT.T
+    return done
+
+
+@jit
+def _train_updates(
+    params,
+    G,
+    best,
+    h,
+    best_h,
+    fstate,
+    istate,
+    data,
+    starts,
+    lengths,
+    resets,
+    eta,
+    eps,
+    clip,
+    losses,
+    newton,
+) -> int:
+    """_train_block's loop, on params, G and best holding U^T in place of U."""
+    b, c, UT, W, V = params
     K = c.size
     ws, z64, grads = _workspace(params, max(lengths.max(), 1) if len(lengths) else 1)
-    db, dc, dU, dW, dV = grads
+    db, dc, dUT, dW, dV = grads
     touched = np.zeros(K, np.bool_)
     for k in range(len(starts)):
         if resets[k]:
             h[:] = 0.0
         s, n = starts[k], lengths[k]
         x, y = data[s : s + n], data[s + 1 : s + n + 1]
-        L = _loss_and_grads(b, c, U, W, V, x, y, h, ws, z64, grads)
+        L = _loss_and_grads(b, c, UT, W, V, x, y, h, ws, z64, grads)
         losses[k] = L
         finite = math.isfinite(L) and _all_finite(db) and _all_finite(dc)
         finite = finite and _all_finite(dW.ravel()) and _all_finite(dV.ravel())
         for t in range(n):
-            finite = finite and _all_finite(dU[:, x[t]])
+            finite = finite and _all_finite(dUT[x[t]])
         if not finite:
             return k
         fstate[0] = L if istate[0] == 0 else _smooth(fstate[0], L)
         save = fstate[0] < fstate[1]  # snapshot the parameters before this update
         if save:
-            best[2][:] = U
+            best[2][:] = UT
             best_h[:] = h
             istate[2] = x[0]
             istate[1] = istate[0] + 1
@@ -353,10 +408,10 @@ def _train_block(
             j = x[t]
             if not touched[j]:
                 touched[j] = True
-                _adagrad(U[:, j], dU[:, j], G[2][:, j], eta, eps, clip, U[:, j], False, newton)
+                _adagrad(UT[j], dUT[j], G[2][j], eta, eps, clip, UT[j], False, newton)
         for t in range(n):
             touched[x[t]] = False
-            dU[:, x[t]] = 0.0
+            dUT[x[t]] = 0.0
         h[:] = ws[1][n]
         istate[0] += 1
     return len(starts)
@@ -415,6 +470,7 @@ def _draw(p, u) -> int:
 def _sample(b, c, U, W, V, h0, x0, uniforms, temperature, top_p, stop, out) -> int:
     """Fills out[:n] with drawn indices; returns how many were drawn (fewer after `stop`)."""
     m, K = b.size, c.size
+    UT = np.ascontiguousarray(U.T)
     B = np.empty((m, m + K))  # [W^T V^T]: h @ B is W h and V h in one pass over h
     _transpose(W, B[:, :m])
     _transpose(V, B[:, m:])
@@ -424,7 +480,7 @@ def _sample(b, c, U, W, V, h0, x0, uniforms, temperature, top_p, stop, out) -> i
     x = x0
     for i in range(out.size):
         h[:] = wv[:m]
-        _activate(b, U, x, h, z64)  # h_t from W h_{t-1} and x
+        _activate(b, UT, x, h, z64)  # h_t from W h_{t-1} and x
         _matvec(wv, h, B)  # W h_t for the next step, and the logits V h_t
         for k in range(K):
             o[k] = wv[m + k] + c[k]
@@ -440,13 +496,13 @@ def _sample(b, c, U, W, V, h0, x0, uniforms, temperature, top_p, stop, out) -> i
 def _advance(b, U, W, h0, x):
     """The hidden state after reading x from h0."""
     m = b.size
-    WT = np.empty((m, m))
+    WT, UT = np.empty((m, m)), np.ascontiguousarray(U.T)
     _transpose(W, WT)
     h = np.empty((2, m))
     h[0] = h0
     z64 = np.empty(m)
     for t in range(x.size):
-        _step(b, U, WT, x[t], h[0], h[1], z64)
+        _step(b, UT, WT, x[t], h[0], h[1], z64)
         h[0] = h[1]
     return h[0].copy()
 
@@ -464,11 +520,13 @@ def _float64(params: RNNParams) -> RNNParams:
 def loss_and_grads(params: RNNParams, x, y, h0):
     """Loss, gradients (as RNNParams) and the last hidden state, by full BPTT."""
     x, y = _indices(x), _indices(y)
-    arrays = params.arrays()
+    b, c, U, W, V = params.arrays()
+    arrays = (b, c, np.ascontiguousarray(U.T), W, V)
     ws, z64, grads = _workspace(arrays, len(x))
     h0 = np.ascontiguousarray(h0, dtype=params.dtype)
     L = _loss_and_grads(*arrays, x, y, h0, ws, z64, grads)
-    return float(L), RNNParams(*grads), ws[1][len(x)].copy()
+    db, dc, dUT, dW, dV = grads
+    return float(L), RNNParams(db, dc, dUT.T.copy(), dW, dV), ws[1][len(x)].copy()
 
 
 def advance(params: RNNParams, h0, x) -> np.ndarray:
