@@ -6,12 +6,14 @@ sequence-wide products (logits, dV, dW, dH) done as matrix products over all ste
 once by BLAS (np.dot in numba calls SciPy's BLAS; about 2.5x faster than a compiled loop
 at these sizes), register-friendly matrix-vector loops, a vectorisable tanh and exp,
 AdaGrad on the touched columns of U only (the others have a zero gradient, for which the
-step is exactly a no-op) with 1/sqrt by Newton steps, the best-model snapshot taken in
+step is exactly a no-op; U is held transposed during a block, so those columns are
+contiguous) with 1/sqrt by Newton steps, the best-model snapshot taken in
 the AdaGrad pass, and whole blocks of updates in one compiled call.
 
-Rounding: sums run in a fixed order and multiply-adds may be fused (FASTMATH below), so
-results differ from numpy's in the last bits only (~1e-15); NaN/inf semantics are kept,
-so divergence is detected exactly as by the reference.
+Rounding: sums run in a fixed order (BLAS's for the four products, the same on every run
+on one machine) and multiply-adds may be fused (FASTMATH below), so results differ from
+numpy's in the last bits only (~1e-15); NaN/inf semantics are kept, so divergence is
+detected exactly as by the reference.
 """
 
 from __future__ import annotations
