@@ -328,56 +328,11 @@ def _train_block(
     columns a chunk reads and updates are contiguous rows; they are written back at the end.
     """
     b, c, U, W, V = params
+    K = c.size
     UT, GUT = np.ascontiguousarray(U.T), np.ascontiguousarray(G[2].T)
     bestUT = np.empty_like(UT)
     best_update = istate[1]
-    done = _train_updates(
-        (b, c, UT, W, V),
-        (G[0], G[1], GUT, G[3], G[4]),
-        (best[0], best[1], bestUT, best[3], best[4]),
-        h,
-        best_h,
-        fstate,
-        istate,
-        data,
-        starts,
-        lengths,
-        resets,
-        eta,
-        eps,
-        clip,
-        losses,
-        newton,
-    )
-    U[:] = UT.T
-    G[2][:] = GUT.T
-    if istate[1] != best_update:  # a snapshot was taken in this block
-        best[2][:] = bestUT.T
-    return done
-
-
-@jit
-def _train_updates(
-    params,
-    G,
-    best,
-    h,
-    best_h,
-    fstate,
-    istate,
-    data,
-    starts,
-    lengths,
-    resets,
-    eta,
-    eps,
-    clip,
-    losses,
-    newton,
-) -> int:
-    """_train_block's loop, on params, G and best holding U^T in place of U."""
-    b, c, UT, W, V = params
-    K = c.size
+    done = len(starts)
     ws, z64, grads = _workspace(params, max(lengths.max(), 1) if len(lengths) else 1)
     db, dc, dUT, dW, dV = grads
     touched = np.zeros(K, np.bool_)
@@ -393,11 +348,12 @@ def _train_updates(
         for t in range(n):
             finite = finite and _all_finite(dUT[x[t]])
         if not finite:
-            return k
+            done = k  # this update is not applied
+            break
         fstate[0] = L if istate[0] == 0 else _smooth(fstate[0], L)
         save = fstate[0] < fstate[1]  # snapshot the parameters before this update
         if save:
-            best[2][:] = UT
+            bestUT[:] = UT
             best_h[:] = h
             istate[2] = x[0]
             istate[1] = istate[0] + 1
@@ -410,13 +366,17 @@ def _train_updates(
             j = x[t]
             if not touched[j]:
                 touched[j] = True
-                _adagrad(UT[j], dUT[j], G[2][j], eta, eps, clip, UT[j], False, newton)
+                _adagrad(UT[j], dUT[j], GUT[j], eta, eps, clip, UT[j], False, newton)
         for t in range(n):
             touched[x[t]] = False
             dUT[x[t]] = 0.0
         h[:] = ws[1][n]
         istate[0] += 1
-    return len(starts)
+    U[:] = UT.T
+    G[2][:] = GUT.T
+    if istate[1] != best_update:  # a snapshot was taken in this block
+        best[2][:] = bestUT.T
+    return done
 
 
 # ---- sampling -------------------------------------------------------------------------------
