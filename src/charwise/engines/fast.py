@@ -63,6 +63,7 @@ EXP_MIN = -708.0  # exp is evaluated on [EXP_MIN, 0]; below it returns ~1e-308, 
 LOG2E = 1.4426950408889634
 LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * LN2_HI is exact (fdlibm)
 LN2_LO = 1.90821492927058770002e-10
+INV_FACTORIAL = np.array([1.0 / math.factorial(n) for n in range(14)])  # 1/n!, exact n!
 POW2 = np.ldexp(1.0, np.arange(-1022, 1))  # 2^k for k = -1022 .. 0, indexed by k + 1022
 
 
@@ -104,6 +105,15 @@ def _transpose(A, out):
 
 
 @jit
+def _taylor(x, top, low):
+    """sum over n = low .. top of x^(n - low) / n!, by Horner's rule from n = top down."""
+    s = INV_FACTORIAL[top]
+    for n in range(top - 1, low - 1, -1):
+        s = s * x + INV_FACTORIAL[n]
+    return s
+
+
+@jit
 def _tanh(a, out):
     """out = tanh(a) elementwise, in float64, to a few ulp; vectorisable (no libm call).
 
@@ -116,18 +126,7 @@ def _tanh(a, out):
         if y > TANH_CUT:
             y = TANH_CUT
         x = y * (-2.0 / 2.0**TANH_HALVINGS)
-        e = 1.0 / 39916800.0  # Taylor coefficients 1/n! of expm1, n = 11 .. 1
-        e = e * x + 1.0 / 3628800.0
-        e = e * x + 1.0 / 362880.0
-        e = e * x + 1.0 / 40320.0
-        e = e * x + 1.0 / 5040.0
-        e = e * x + 1.0 / 720.0
-        e = e * x + 1.0 / 120.0
-        e = e * x + 1.0 / 24.0
-        e = e * x + 1.0 / 6.0
-        e = e * x + 0.5
-        e = e * x + 1.0
-        e = e * x
+        e = _taylor(x, 11, 1) * x  # expm1(x) = x (1/1! + x/2! + ... + x^10/11!)
         for _ in range(TANH_HALVINGS):
             e = e * (e + 2.0)
         t = -e / (2.0 + e)
@@ -145,20 +144,7 @@ def _exp_nonpositive(z, out):
         w = v if v >= EXP_MIN else EXP_MIN if v < EXP_MIN else v
         k = math.floor(w * LOG2E + 0.5)
         r = (w - k * LN2_HI) - k * LN2_LO
-        p = 1.0 / 6227020800.0  # 1/n!, n = 13 .. 0
-        p = p * r + 1.0 / 479001600.0
-        p = p * r + 1.0 / 39916800.0
-        p = p * r + 1.0 / 3628800.0
-        p = p * r + 1.0 / 362880.0
-        p = p * r + 1.0 / 40320.0
-        p = p * r + 1.0 / 5040.0
-        p = p * r + 1.0 / 720.0
-        p = p * r + 1.0 / 120.0
-        p = p * r + 1.0 / 24.0
-        p = p * r + 1.0 / 6.0
-        p = p * r + 0.5
-        p = p * r + 1.0
-        p = p * r + 1.0
+        p = _taylor(r, 13, 0)  # exp(r) = 1/0! + r/1! + ... + r^13/13!
         j = int(k) + 1022 if w == w else 0
         out[i] = p * POW2[j] if w == w else w
 
