@@ -230,10 +230,10 @@ def train(ctx, corpus, updates, out, no_progress, resume, **settings):
     RUN_DIR/checkpoint.npz is rewritten (atomically) every --checkpoint-every updates, every
     --checkpoint-seconds, on Ctrl-C/SIGTERM (exit 130/143) and at the end. --resume RUN_DIR
     continues exactly where it left off, reading corpus and settings from the checkpoint;
-    only --updates, --eta, --engine, the sample, passage and checkpoint settings and
-    --print-every may differ (they are recorded). A non-finite loss or gradient, or a smooth
-    loss above 2x the first update's loss, stops the run (exit 1); the last good checkpoint
-    is kept.
+    only --updates, --eta, --engine, --print-every and the sample, passage, document-sample
+    (--max-length) and checkpoint settings may differ (they are recorded). A non-finite loss
+    or gradient, or a smooth loss above 2 x tau ln K (a uniform guess), stops the run
+    (exit 1); the last good checkpoint is kept.
     """
     from click.core import ParameterSource
 

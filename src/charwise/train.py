@@ -3,6 +3,7 @@ and the events (progress, samples, checkpoints) that happen every N updates."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -23,7 +24,7 @@ from charwise.vocab import Vocab
 CHECKPOINT = "checkpoint.npz"  # a run directory's resumable state (final.npz: the model)
 BLOCK_MAX = 1000  # most updates per engine call, so Ctrl-C and timed checkpoints stay prompt
 METRICS_HEADER = "update,epoch,loss,smooth_loss"
-DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x the loss of update 1
+DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x tau ln K (a uniform guess)
 # Settings a resume may change (recorded): they alter what happens next, never the saved state.
 MAY_CHANGE = (
     "eta",
@@ -418,14 +419,16 @@ class Trainer:
 
     def _check_divergence(self, u0: int, losses: np.ndarray, done: int, smooth: list) -> None:
         """Stop on a non-finite loss or gradient, or when the smooth loss passes
-        DIVERGE_FACTOR x the first update's loss (about tau ln K, a uniform guess): a
-        learning run never gets that much worse than guessing, a diverging one does."""
-        limit = DIVERGE_FACTOR * self.first_loss
+        DIVERGE_FACTOR x tau ln K, the loss of a uniform guess over a full chunk (where a
+        fresh run starts): a learning run never gets that much worse than guessing, a
+        diverging one does. Short first chunks (documents) do not lower the bar."""
+        guess = self.config.seq_length * math.log(len(self.corpus.vocab))
+        limit = DIVERGE_FACTOR * guess
         high = next((i for i, s in enumerate(smooth) if s > limit), None)
         if high is not None:
             reason = (
-                f"smooth loss {smooth[high]:.4g} rose above {DIVERGE_FACTOR:g} x its start "
-                f"{self.first_loss:.4g}"
+                f"smooth loss {smooth[high]:.4g} rose above {DIVERGE_FACTOR:g} x tau ln K "
+                f"= {limit:.4g}"
             )
             self._diverged(u0 + high + 1, reason)
         if done < len(losses):
