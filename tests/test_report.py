@@ -397,3 +397,12 @@ def test_report_on_a_document_corpus_records_its_loader(tmp_path):
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "--format lines" in md and "--seq-length" in md
     assert len(read_samples(out / "samples.txt")) >= 1
+
+
+def test_report_refuses_a_directory_holding_a_run(plain):
+    """A report never writes over an earlier run (its checkpoint, logs and models)."""
+    before = (plain / "checkpoint.npz").read_bytes()
+    corpus = plain.parent / "plain.txt"
+    result = CliRunner().invoke(main, ["report", str(corpus), "--out", str(plain), *OPTIONS])
+    assert result.exit_code == 1 and "already holds a run" in result.stderr
+    assert (plain / "checkpoint.npz").read_bytes() == before

@@ -238,7 +238,7 @@ def train(ctx, corpus, updates, out, no_progress, resume, **settings):
     from click.core import ParameterSource
 
     from charwise import datasets
-    from charwise.train import CHECKPOINT, Interrupted, Trainer
+    from charwise.train import Interrupted, Trainer
 
     given = {k for k in ctx.params if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
     loader = loader_options(settings)  # pops the loader options (and applies a --preset)
@@ -256,10 +256,6 @@ def train(ctx, corpus, updates, out, no_progress, resume, **settings):
     else:
         c = load_corpus(corpus, **loader)
         out = run_dir(out, c)
-        if (out / CHECKPOINT).exists():
-            raise CharwiseError(
-                f"{out} already holds a run; continue it with --resume {out} or pick another --out"
-            )
         named = corpus == BUILTIN or datasets.is_dataset(corpus)
         source = {"spec": corpus if named else str(Path(corpus).resolve()), **loader}
         trainer = Trainer(c, TrainConfig(**settings), out, source)
@@ -362,7 +358,7 @@ def report(ctx, corpus, updates, out, no_progress, overfit_cap, from_dir, **kw):
     has 100,000 updates and at least 2 epochs.
     """
     from charwise.report import build_report, default_updates, make_report
-    from charwise.train import Schedule
+    from charwise.train import Interrupted, Schedule
 
     if from_dir is not None:
         given = [
@@ -380,17 +376,21 @@ def report(ctx, corpus, updates, out, no_progress, overfit_cap, from_dir, **kw):
         config = TrainConfig(**kw)
         if ctx.get_parameter_source("updates") == click.core.ParameterSource.DEFAULT:
             updates = default_updates(Schedule.for_corpus(c, config.seq_length).per_epoch)
-        md, page = make_report(
-            c,
-            config,
-            updates,
-            run_dir(out, c),
-            corpus,
-            loader,
-            overfit_cap,
-            progress=not no_progress,
-            log=click.echo,
-        )
+        try:
+            md, page = make_report(
+                c,
+                config,
+                updates,
+                run_dir(out, c),
+                corpus,
+                loader,
+                overfit_cap,
+                progress=not no_progress,
+                log=click.echo,
+            )
+        except Interrupted as exc:
+            click.echo(f"\ncharwise: {exc}", err=True)
+            sys.exit(128 + exc.signum)
     click.echo(f"report: {md}\n        {page}")
 
 

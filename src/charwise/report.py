@@ -245,6 +245,7 @@ def make_report(
     out = Path(out)
     t_start = time.perf_counter()
     trainer = Trainer(corpus, config, out)  # checks the settings before the long steps
+    trainer.refuse_existing_run()
     out.mkdir(parents=True, exist_ok=True)
 
     log(f"1/4 gradient check (m = {GRAD_M}, h = {GRAD_H:g}, seed {config.seed})")

@@ -352,8 +352,17 @@ class Trainer:
         )
 
     # ---- the loop -----------------------------------------------------------------------
+    def refuse_existing_run(self) -> None:
+        """A fresh run never writes over another run's checkpoint and logs."""
+        if self.fresh and (self.out / CHECKPOINT).exists():
+            raise CharwiseError(
+                f"{self.out} already holds a run; continue it with --resume {self.out} "
+                "or pick another --out"
+            )
+
     def run(self, updates: int, progress: bool = True) -> TrainState:
         """Train until `updates` updates are done in total, with events at their updates."""
+        self.refuse_existing_run()
         self.out.mkdir(parents=True, exist_ok=True)
         state = self.state
         self.target = updates
