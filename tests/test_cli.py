@@ -64,6 +64,11 @@ def test_sample_and_gradcheck_commands(tmp_path, corpus_file):
         (lambda p: ["sample", p / "junk.npz"], "not a charwise checkpoint"),
         (lambda p: ["sample", p / "run" / "best.npz", "--prime", "\u00e9\u00e8"], "not in the"),
         (lambda p: ["train", p / "corpus.txt", "--eta", "-1"], "must be positive"),
+        (lambda p: ["train", p / "corpus.txt", "--updates", "-5"], "--updates must be positive"),
+        (lambda p: ["sample", p / "run" / "best.npz", "--length", "-5"], "--length must be"),
+        (lambda p: ["gradcheck", p / "corpus.txt", "--h", "0"], "--h must be positive"),
+        (lambda p: ["gradcheck", p / "corpus.txt", "--m", "0"], "--m must be positive"),
+        (lambda p: ["info", p / "corpus.txt", "--seq-length", "0"], "--seq-length must be"),
     ],
 )
 def test_errors_are_one_line(tmp_path, corpus_file, make_args, message):

@@ -172,7 +172,7 @@ def run_block(engine, c: Corpus, params: RNNParams, updates: int) -> tuple[Train
 
 @pytest.mark.slow
 def test_free_running_2000_updates_same_learning_curve():
-    """Training is chaotic: long runs agree statistically, not bit for bit (DESIGN.md).
+    """Training is chaotic: long runs agree statistically, not bit for bit.
 
     m = 50: on this small, repetitive corpus m = 100 at eta = 0.1 is so chaotic that runs
     from weights 1e-12 apart end 4-8% apart; at m = 50 they end within 0.2% of each other,

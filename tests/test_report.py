@@ -406,3 +406,18 @@ def test_report_refuses_a_directory_holding_a_run(plain):
     result = CliRunner().invoke(main, ["report", str(corpus), "--out", str(plain), *OPTIONS])
     assert result.exit_code == 1 and "already holds a run" in result.stderr
     assert (plain / "checkpoint.npz").read_bytes() == before
+
+
+def test_plot_reads_a_run_with_a_partial_last_line(plain, tmp_path):
+    """A run killed (or still writing) mid-row plots from its complete rows."""
+    import shutil
+
+    run = tmp_path / "killed"
+    shutil.copytree(plain, run)
+    text = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text(text + "61,1,4.2")
+    from charwise.report import read_metrics
+
+    cols = read_metrics(run)
+    assert len(cols["update"]) == len(text.splitlines()) - 1
+    run_cli("plot", str(run), "--out", str(tmp_path / "p.png"))

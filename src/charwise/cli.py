@@ -148,6 +148,13 @@ def run_dir(out: str | None, corpus) -> Path:
     return Path(out or f"runs/{Path(corpus.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def require_positive(**values) -> None:
+    """One-line error naming the options that must be positive but are not."""
+    bad = [f"--{name.replace('_', '-')}" for name, v in values.items() if v is not None and v <= 0]
+    if bad:
+        raise CharwiseError(f"{', '.join(bad)} must be positive")
+
+
 class Group(click.Group):
     """Prints CharwiseError as one line on stderr and exits 1, without a traceback."""
 
@@ -173,6 +180,7 @@ def info(corpus, seq_length, **options):
     """Characters, documents, vocabulary size K before and after cleaning, and updates per epoch."""
     from charwise.train import Schedule
 
+    require_positive(seq_length=seq_length)
     kw = {"seq_length": seq_length, **options}
     c = load_from_options(corpus, kw)
     click.echo(f"corpus      {c.name}")
@@ -203,6 +211,7 @@ def gradcheck(corpus, m, step, seq_length, sig, seed, threshold, **options):
     """Compare analytic and centered-difference gradients on the first characters of CORPUS."""
     from charwise.gradcheck import format_table, gradcheck_corpus
 
+    require_positive(m=m, h=step, seq_length=seq_length, sig=sig)
     c = load_from_options(corpus, options)
     rows = gradcheck_corpus(c, m=m, h=step, seq_length=seq_length, sig=sig, seed=seed)
     click.echo(format_table(rows))
@@ -241,6 +250,7 @@ def train(ctx, corpus, updates, out, no_progress, resume, **settings):
     from charwise.train import Interrupted, Trainer
 
     given = {k for k in ctx.params if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    require_positive(updates=updates)
     loader = loader_options(settings)  # pops the loader options (and applies a --preset)
     if resume is not None:
         if "out" in given:
@@ -320,6 +330,7 @@ def sample(checkpoint, length, count, prime, temperature, top_p, seed, engine):
 
     from charwise.model import DOC_SEPARATOR, CharRNN
 
+    require_positive(length=length, count=count)
     model, _ = CharRNN.load(checkpoint)
     rng = np.random.default_rng(seed)
     kw = dict(temperature=temperature, top_p=top_p, engine=engine, rng=rng)

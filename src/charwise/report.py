@@ -3,6 +3,7 @@ figures of run directories. The report is rendered from the run directory's file
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import platform
@@ -26,7 +27,17 @@ GRAD_H = 1e-4  # centered-difference step of the gradient check (SPEC.md)
 OVERFIT_CHARS = 100  # the overfit check trains on the first 100 characters only ...
 OVERFIT_TARGET = 1.0  # ... until the mean chunk loss over one pass is below this ...
 OVERFIT_CAP = 10_000  # ... or this many updates are done (python-docs needs ~4,500)
-UNPLOTTED = ("print_every", "sample_every", "sample_length", "passage_length")  # no effect on loss
+UNPLOTTED = (  # settings with no effect on the loss curve
+    "print_every",
+    "sample_every",
+    "sample_length",
+    "passage_length",
+    "max_length",
+    "sample_docs",
+    "passage_docs",
+    "checkpoint_every",
+    "checkpoint_seconds",
+)
 
 
 # ---- figures ----------------------------------------------------------------------------
@@ -35,9 +46,15 @@ def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise CharwiseError(f"{run_dir} has no metrics.csv; give a run directory of charwise train")
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]  # a run being written may end in a partial line
     with warnings.catch_warnings():  # a run stopped at update 0 has a header and no rows
         warnings.filterwarnings("ignore", "loadtxt: input contained no data")
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 4)
+        try:
+            rows = io.StringIO(complete.decode())
+            table = np.loadtxt(rows, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 4)
+        except (ValueError, UnicodeDecodeError):
+            raise CharwiseError(f"{path} is not a charwise metrics file") from None
     return {name: table[:, i] for i, name in enumerate(["update", "epoch", "loss", "smooth_loss"])}
 
 

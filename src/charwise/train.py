@@ -85,6 +85,8 @@ class Schedule:
     """
 
     def __init__(self, n_chars: int, tau: int):
+        if tau < 1:
+            raise CharwiseError("--seq-length must be at least 1")
         if n_chars < tau + 1:
             raise CharwiseError(
                 f"corpus has {n_chars} characters, fewer than one sequence needs "

@@ -1,4 +1,4 @@
-"""Engines: interchangeable implementations of the same math (see DESIGN.md).
+"""Engines: interchangeable implementations of the same math (same interface, same numbers).
 
 Each engine module provides
     loss_and_grads(params, x, y, h0) -> (loss, grads, h_last)

@@ -496,8 +496,6 @@ def sample(params: RNNParams, h0, x0: int, n: int, uniforms, temperature=1.0, to
 def train_block(state: TrainState, data, starts, lengths, resets, eta, eps, clip, losses) -> int:
     """reference.train_block in one compiled call: len(starts) updates, losses[k] per update."""
     p = state.params
-    if state.best is None:
-        state.best, state.best_h = p.copy(), np.zeros_like(state.h_prev)
     cast = p.dtype.type  # AdaGrad's constants in the parameters' dtype, as numpy would use them
     fstate = np.array([state.smooth_loss, state.best_smooth])
     istate = np.array([state.updates, state.best_update, state.best_x0], dtype=np.int64)
