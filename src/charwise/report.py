@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from charwise.errors import CharwiseError
+from charwise.train import MAY_CHANGE
 
 REPORT_FILE = "report.json"  # what the report needs besides the run's own artefacts
 FORMAT = "charwise-report"  # marks report.json files written by charwise
@@ -27,17 +28,8 @@ GRAD_H = 1e-4  # centered-difference step of the gradient check (SPEC.md)
 OVERFIT_CHARS = 100  # the overfit check trains on the first 100 characters only ...
 OVERFIT_TARGET = 1.0  # ... until the mean chunk loss over one pass is below this ...
 OVERFIT_CAP = 10_000  # ... or this many updates are done (python-docs needs ~4,500)
-UNPLOTTED = (  # settings with no effect on the loss curve
-    "print_every",
-    "sample_every",
-    "sample_length",
-    "passage_length",
-    "max_length",
-    "sample_docs",
-    "passage_docs",
-    "checkpoint_every",
-    "checkpoint_seconds",
-)
+# Settings with no effect on the loss curve: those a resume may change, but eta and engine.
+UNPLOTTED = tuple(name for name in MAY_CHANGE if name not in ("eta", "engine"))
 
 
 # ---- figures ----------------------------------------------------------------------------
