@@ -75,18 +75,23 @@ def load_from_options(spec: str, kw: dict):
     return load_corpus(spec, **loader_options(kw))
 
 
+def given_options(ctx: click.Context) -> set[str]:
+    """The parameters of a command that the user set (not left at their defaults)."""
+    from click.core import ParameterSource
+
+    return {k for k in ctx.params if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+
+
 def loader_options(kw: dict) -> dict:
     """load_corpus() keywords from a command's loader options (popped from kw), with --preset.
 
     A preset fills every setting the user left at its default, including kw's training ones.
     """
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
+    given = given_options(click.get_current_context())
     opts = {key: kw.pop(key) for key in sorted(CORPUS_KEYS - {"preset"})}
     preset = kw.pop("preset")
     for key, value in (PRESETS.get(preset, {}) | TRAIN_PRESETS.get(preset, {})).items():
-        if ctx.get_parameter_source(key) == ParameterSource.DEFAULT:
+        if key not in given:
             (opts if key in opts else kw)[key] = value
     if opts.pop("lines"):
         opts["format"] = "lines"
@@ -244,12 +249,10 @@ def train(ctx, corpus, updates, out, no_progress, resume, **settings):
     or gradient, or a smooth loss above 2 x tau ln K (a uniform guess), stops the run
     (exit 1); the last good checkpoint is kept.
     """
-    from click.core import ParameterSource
-
     from charwise import datasets
     from charwise.train import Interrupted, Trainer
 
-    given = {k for k in ctx.params if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    given = given_options(ctx)
     require_positive(updates=updates)
     loader = loader_options(settings)  # pops the loader options (and applies a --preset)
     if resume is not None:
@@ -372,12 +375,7 @@ def report(ctx, corpus, updates, out, no_progress, overfit_cap, from_dir, **kw):
     from charwise.train import Interrupted, Schedule
 
     if from_dir is not None:
-        given = [
-            f"--{name.replace('_', '-')}"
-            for name in ctx.params
-            if name != "from_dir"
-            and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
-        ]
+        given = sorted(f"--{name.replace('_', '-')}" for name in given_options(ctx) - {"from_dir"})
         if given:
             raise CharwiseError(f"--from rebuilds an existing report; drop {', '.join(given)}")
         md, page = build_report(from_dir)
@@ -385,7 +383,7 @@ def report(ctx, corpus, updates, out, no_progress, overfit_cap, from_dir, **kw):
         loader = loader_options(kw)  # pops the loader options (and applies a --preset)
         c = load_corpus(corpus, **loader)
         config = TrainConfig(**kw)
-        if ctx.get_parameter_source("updates") == click.core.ParameterSource.DEFAULT:
+        if "updates" not in given_options(ctx):
             updates = default_updates(Schedule.for_corpus(c, config.seq_length).per_epoch)
         try:
             md, page = make_report(
