@@ -227,7 +227,9 @@ def test_huge_learning_rate_trips_the_smooth_loss_rule(corpus_file, tmp_path):
 
 def test_slow_blow_up_stops_after_periodic_checkpoints(corpus_file, tmp_path):
     corpus, out = load_corpus(corpus_file), tmp_path / "run"
-    trainer = Trainer(corpus, small_config("reference", eta=10.0, checkpoint_every=20), out)
+    # eta 20 blows up within ~40 updates on every BLAS we met; eta 10 only on some machines
+    # (training is chaotic: the last bits of a BLAS's sums decide when a marginal run diverges)
+    trainer = Trainer(corpus, small_config("reference", eta=20.0, checkpoint_every=20), out)
     with pytest.raises(charwise.CharwiseError, match="rose above 2 x tau ln K") as err:
         trainer.run(10 * N, progress=False)
     update = int(str(err.value).split("update ")[1].split(" ")[0])

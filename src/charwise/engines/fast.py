@@ -282,7 +282,9 @@ def _workspace(params, n):
     return ws, np.empty(max(m, K)), grads + (np.empty((K, m), dt),)
 
 
-@numba.njit(cache=True, error_model="numpy")
+# Compiled eagerly for its signature: compiled on demand from a fastmath caller, numba would
+# give it the caller's "contract" flag, and the multiply-add would be fused on FMA machines.
+@numba.njit("float64(float64, float64)", cache=True, error_model="numpy")
 def _smooth(smooth: float, loss: float) -> float:
     """The smooth loss of SPEC.md, as the exact float64 expression (no fused multiply-add)."""
     return 0.999 * smooth + 0.001 * loss
