@@ -24,11 +24,12 @@ def write_corpus(path: Path, n_words: int = 190, seed: int = 0) -> Path:
 
 
 def small_config(engine: str, **kw) -> TrainConfig:
-    """Small, quick settings; engine "fast-float32" means the fast engine in float32."""
+    """Small, quick settings of the exercise (no held-out text); engine "fast-float32" means
+    the fast engine in float32."""
     engine, _, dtype = engine.partition("-")
     settings = dict(m=8, seq_length=10, print_every=7, sample_every=40, sample_length=15)
     settings |= dict(passage_length=20, checkpoint_seconds=0, engine=engine)
-    settings |= dict(dtype=dtype or "float64")
+    settings |= dict(dtype=dtype or "float64", val_fraction=0.0)
     return TrainConfig(**(settings | kw))
 
 

@@ -64,7 +64,7 @@ def test_every_transition_once_and_no_chunk_crosses_a_boundary(tmp_path):
 def test_h_prev_resets_at_each_document_start(tmp_path):
     """Trainer with the document schedule against a hand-written loop over the 4 chunks."""
     c = lines_corpus(tmp_path, "abc\nde\n")
-    config = TrainConfig(m=4, seq_length=2, engine="reference", sample_every=10**6)
+    config = TrainConfig(m=4, seq_length=2, engine="reference", sample_every=10**6, val_fraction=0)
     trainer = Trainer(c, config, tmp_path / "run")
     trainer.run(4, progress=False)
 

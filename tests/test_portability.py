@@ -41,7 +41,7 @@ def test_new_files_carry_version_and_kind(tmp_path):
     out = tmp_path / "run"
     Trainer(corpus, small_config("reference"), out).run(10, progress=False)
     kinds = {name: checkpoint.load(out / name)[1] for name in (CHECKPOINT, "final.npz", "best.npz")}
-    assert {m["version"] for m in kinds.values()} == {checkpoint.VERSION} == {2}
+    assert {m["version"] for m in kinds.values()} == {checkpoint.VERSION} == {3}
     assert [m["kind"] for m in kinds.values()] == ["checkpoint", "model", "model"]
 
 
@@ -50,7 +50,7 @@ def test_version_1_models_still_load_and_sample(tmp_path):
     write_version_1(tmp_path / "v1.npz", rnn)
     rnn.save(tmp_path / "v2.npz")
     old, _ = CharRNN.load(tmp_path / "v1.npz")
-    assert old.meta["version"] == 2 and old.meta["kind"] == "model"
+    assert old.meta["version"] == 3 and old.meta["kind"] == "model"
     for a, b in zip(old.params.arrays(), rnn.params.arrays(), strict=True):
         assert np.array_equal(a, b)
     new, _ = CharRNN.load(tmp_path / "v2.npz")

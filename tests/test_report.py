@@ -203,7 +203,11 @@ def test_corpus_facts_and_settings(plain):
     facts = {row[0]: row[1] for row in md_tables(md_section(md, "Corpus"))[0][2:]}
     assert facts["characters"] == f"{len(text):,}"
     assert facts["vocabulary size K"] == str(len(set(text)))
-    per_epoch = len(range(0, len(text) - TAU, TAU))  # e = 0, tau, ... while e <= N - tau - 1
+    held = math.ceil(0.05 * len(text))  # the default --val-fraction 0.05, rounded up
+    assert facts["held out (--val-fraction 0.05)"] == f"{held:,}"
+    assert facts["training characters"] == f"{len(text) - held:,}"
+    # the schedule runs on the training part: e = 0, tau, ... while e <= N - tau - 1
+    per_epoch = len(range(0, len(text) - held - TAU, TAU))
     assert facts[f"updates per epoch (seq length {TAU})"] == f"{per_epoch:,}"
     assert md_unescape(facts["vocabulary"]) == repr("".join(sorted(set(text))))
     settings = {row[0]: row[1] for row in md_tables(md_section(md, "Settings"))[0][2:]}

@@ -23,7 +23,7 @@ from charwise.corpus import Corpus
 from charwise.engines import get_engine
 from charwise.optim import CLIP, EPS, ETA, TrainState
 from charwise.params import RNNParams
-from charwise.train import Schedule
+from charwise.schedule import Schedule
 
 REPEATS = 5  # interleaved repetitions; the table shows the median of each
 SECONDS = 0.4  # aim for about this long per measurement, so timer noise does not matter
@@ -268,10 +268,3 @@ def table(corpus: Corpus, rows: list[Row], notes: list[str], m: int, tau: int) -
             f"{sample:>15,.0f} {sample / base_sample:>6.1f}x"
         )
     return "\n".join(lines + [f"note: {note}" for note in notes])
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The benchmark as a script: python benchmarks/engines.py [CORPUS] [--repeats N] ..."""
-    from charwise.cli import bench
-
-    bench.main(args=argv, prog_name="benchmarks/engines.py")

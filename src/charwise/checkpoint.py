@@ -16,7 +16,7 @@ import numpy as np
 from charwise.errors import CharwiseError
 
 FORMAT = "charwise-checkpoint"
-VERSION = 2  # 2: metadata names its kind, "model" or a resumable training "checkpoint"
+VERSION = 3  # 2: metadata names its kind; 3: model families, optimisers, batches, validation
 KINDS = ("model", "checkpoint")
 META_KEY = "__meta__"  # the JSON metadata, stored as a uint8 array of UTF-8 bytes
 MAX_BYTES = 2 * 1024**3  # most bytes a checkpoint may hold or unpack to (zip-bomb guard)
@@ -158,4 +158,12 @@ def _upgrade_1(meta: dict) -> None:
     meta.update(version=2, kind="model")
 
 
-UPGRADES = {1: _upgrade_1}  # version -> function that lifts its metadata one version
+def _upgrade_2(meta: dict) -> None:
+    """Version 2 knew only the exercise (one-layer rnn, AdaGrad, one stream) and trained on the
+    whole corpus: no held-out part."""
+    if isinstance(meta.get("config"), dict):
+        meta["config"].setdefault("val_fraction", 0.0)
+    meta["version"] = 3
+
+
+UPGRADES = {1: _upgrade_1, 2: _upgrade_2}  # version -> function that lifts its metadata one version

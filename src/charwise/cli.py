@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import click
 
+from charwise.config import ENGINE_CHOICES, TrainConfig
+from charwise.config import kind as config_kind
 from charwise.corpus import BUILTIN, FORMATS, MAX_VOCAB, PRESETS, load_corpus
 from charwise.errors import CharwiseError
 from charwise.report import OVERFIT_CAP
-from charwise.train import TrainConfig
 
 corpus_argument = click.argument("corpus", default=BUILTIN, required=False)
 encoding_options = [
@@ -107,34 +110,39 @@ def loader_options(kw: dict) -> dict:
     return opts
 
 
+def config_options() -> list:
+    """A click option for every TrainConfig field, from its declaration (config.py)."""
+    options = []
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        choices = meta["choices"]
+        kind = click.Choice(choices) if choices else config_kind(f)
+        shown = f.default is not None
+        options.append(
+            click.option(
+                f"--{f.name.replace('_', '-')}",
+                f.name,
+                type=kind,
+                default=f.default,
+                show_default=shown,
+                help=meta["help"],
+            )
+        )
+    return options
+
+
 # The options of a training run, shared by `train` and `report`.
 train_options = [
-    click.option("--updates", default=100_000, show_default=True, help="Total AdaGrad updates."),
-    click.option("--m", default=100, show_default=True, help="Hidden units."),
-    click.option("--eta", default=0.1, show_default=True, help="AdaGrad learning rate."),
-    click.option("--seq-length", default=25, show_default=True, help="Characters per chunk."),
-    click.option("--sig", default=0.01, show_default=True, help="Initial weight scale."),
-    click.option("--seed", default=1, show_default=True, help="Seed of weights and samples."),
+    click.option("--updates", default=100_000, show_default=True, help="Total updates."),
+    click.option(
+        "--minutes",
+        default=None,
+        type=float,
+        help="Stop (at a block end) after this many minutes of training; without --updates, "
+        "train until then.",
+    ),
     click.option("--out", default=None, help="Run directory [default: runs/<corpus>-<time>]."),
-    click.option("--print-every", default=100, show_default=True, help="Progress interval."),
-    click.option("--sample-every", default=10_000, show_default=True, help="Sample interval."),
-    click.option("--sample-length", default=200, show_default=True, help="Characters per sample."),
-    click.option("--passage-length", default=1000, show_default=True, help="Best-model passage."),
-    click.option(
-        "--max-length", default=200, show_default=True, help="Documents: cap per sampled document."
-    ),
-    click.option(
-        "--engine", type=click.Choice(["fast", "reference"]), default="fast", show_default=True
-    ),
-    click.option(
-        "--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True
-    ),
-    click.option(
-        "--checkpoint-every", default=0, show_default=True, help="Checkpoint every N updates."
-    ),
-    click.option(
-        "--checkpoint-seconds", default=60.0, show_default=True, help="And every N s (0: off)."
-    ),
+    *config_options(),
     click.option("--no-progress", is_flag=True, help="Plain log lines instead of a progress bar."),
 ]
 
@@ -151,6 +159,19 @@ def with_options(options):
 def run_dir(out: str | None, corpus) -> Path:
     """--out, or runs/<corpus>-<time> when it is not given."""
     return Path(out or f"runs/{Path(corpus.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def recommended_model(path: Path) -> Path:
+    """A model file as given, or a run directory's recommended model: best-val.npz (lowest
+    validation loss) when it exists, else best.npz (lowest smooth loss)."""
+    from charwise import rundir
+
+    if path.is_dir():
+        for name in (rundir.BEST_VAL, rundir.BEST):
+            if (path / name).is_file():
+                return path / name
+        raise CharwiseError(f"{path} holds no model (best-val.npz or best.npz); is it a run?")
+    return path
 
 
 def require_positive(**values) -> None:
@@ -237,32 +258,37 @@ def gradcheck(corpus, m, step, seq_length, sig, seed, threshold, **options):
     help="Continue the run in this directory from its checkpoint.",
 )
 @click.pass_context
-def train(ctx, corpus, updates, out, no_progress, resume, **settings):
+def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
     """Train on CORPUS (a file, folder, download or python-docs) with the SPEC.md protocol.
 
     \b
     RUN_DIR/checkpoint.npz is rewritten (atomically) every --checkpoint-every updates, every
     --checkpoint-seconds, on Ctrl-C/SIGTERM (exit 130/143) and at the end. --resume RUN_DIR
     continues exactly where it left off, reading corpus and settings from the checkpoint;
-    only --updates, --eta, --engine, --print-every and the sample, passage, document-sample
-    (--max-length) and checkpoint settings may differ (they are recorded). A non-finite loss
-    or gradient, or a smooth loss above 2 x tau ln K (a uniform guess), stops the run
-    (exit 1); the last good checkpoint is kept.
+    only --updates, --minutes, --eta, --engine, --print-every, --eval-every and the sample,
+    passage, document-sample (--max-length) and checkpoint settings may differ (they are
+    recorded). A non-finite loss or gradient, or a smooth loss above 2 x tau ln K (a uniform
+    guess), stops the run (exit 1); the last good checkpoint is kept.
     """
     from charwise import datasets
     from charwise.train import Interrupted, Trainer
 
     given = given_options(ctx)
-    require_positive(updates=updates)
+    require_positive(updates=updates, minutes=minutes)
     loader = loader_options(settings)  # pops the loader options (and applies a --preset)
+    progress = not no_progress
     if resume is not None:
         if "out" in given:
             raise CharwiseError("--resume RUN_DIR is the run directory; drop --out")
         c = load_corpus(corpus, **loader) if given & ({"corpus"} | CORPUS_KEYS) else None
-        trainer = Trainer.resume(resume, c, **{k: v for k, v in settings.items() if k in given})
+        changes = {k: v for k, v in settings.items() if k in given}
+        trainer = Trainer.resume(resume, c, progress=progress, **changes)
         c, out = trainer.corpus, resume
-        updates = updates if "updates" in given else trainer.target
-        if trainer.state.updates > updates:  # equal: only the final artefacts are (re)written
+        if "minutes" not in given:
+            minutes = trainer.minutes
+        if "updates" not in given:
+            updates = trainer.target or (None if minutes else updates)
+        if updates is not None and trainer.state.updates > updates:
             raise CharwiseError(
                 f"{out} already has {trainer.state.updates:,} updates; pass a larger --updates"
             )
@@ -271,16 +297,20 @@ def train(ctx, corpus, updates, out, no_progress, resume, **settings):
         out = run_dir(out, c)
         named = corpus == BUILTIN or datasets.is_dataset(corpus)
         source = {"spec": corpus if named else str(Path(corpus).resolve()), **loader}
-        trainer = Trainer(c, TrainConfig(**settings), out, source)
+        trainer = Trainer(c, TrainConfig(**settings), out, source, progress)
+        if minutes is not None and "updates" not in given:
+            updates = None  # train for the minutes given
     verb = f"resuming at update {trainer.state.updates:,}" if resume else "training"
+    held = trainer.val_corpus
     click.echo(
-        f"{verb} on {c.name}: {len(c):,} characters"
+        f"{verb} {trainer.spec.describe()} ({trainer.engine_name} engine) on {c.name}: "
+        f"{len(c):,} characters"
         + (f" in {len(c.starts):,} documents" if c.documents else "")
-        + f", K = {len(c.vocab)}, "
-        f"{trainer.schedule.per_epoch:,} updates per epoch -> {out}"
+        + (f" ({len(held):,} held out)" if held is not None else "")
+        + f", K = {len(c.vocab)}, {trainer.schedule.per_epoch:,} updates per epoch -> {out}"
     )
     try:
-        state = trainer.run(updates, progress=not no_progress)
+        state = trainer.run(updates, progress=progress, minutes=minutes)
     except Interrupted as exc:
         click.echo(f"\ncharwise: {exc}", err=True)
         sys.exit(128 + exc.signum)
@@ -290,8 +320,15 @@ def train(ctx, corpus, updates, out, no_progress, resume, **settings):
         f"{state.best_smooth:.3f}) ---\n{passage}\n"
     )
     rate = state.updates / max(trainer.elapsed, 1e-9)
+    val = ""
+    if trainer.best_val is not None:
+        best = trainer.best_val
+        val = (
+            f", best validation {best['val_nats']:.4f} nats/char = "
+            f"{best['val_nats'] / math.log(2):.4f} bits/char (update {best['update']:,})"
+        )
     click.echo(
-        f"done: {state.updates:,} updates, smooth loss {state.smooth_loss:.3f}, "
+        f"done: {state.updates:,} updates, smooth loss {state.smooth_loss:.3f}{val}, "
         f"{rate:,.0f} updates/s; artefacts in {out}"
     )
 
@@ -314,7 +351,7 @@ def bench(corpus, encoding, errors, m, seq_length, repeats):
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path), metavar="MODEL")
 @click.option(
     "--length",
     default=None,
@@ -326,15 +363,16 @@ def bench(corpus, encoding, errors, m, seq_length, repeats):
 @click.option("--temperature", default=1.0, show_default=True, help="0 = greedy, <1 = safer.")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass (0, 1].")
 @click.option("--seed", default=None, type=int, help="Seed; the same seed gives the same text.")
-@click.option("--engine", type=click.Choice(["fast", "reference"]), default="reference")
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto", show_default=True)
 def sample(checkpoint, length, count, prime, temperature, top_p, seed, engine):
-    """Generate text from a model checkpoint (.npz); document models stop at the end character."""
+    """Generate text from a model (.npz), or from a run directory's recommended model
+    (best-val.npz, else best.npz); document models stop at the end character."""
     import numpy as np
 
-    from charwise.model import DOC_SEPARATOR, CharRNN
+    from charwise.model import DOC_SEPARATOR, CharModel
 
     require_positive(length=length, count=count)
-    model, _ = CharRNN.load(checkpoint)
+    model, _ = CharModel.load(recommended_model(checkpoint))
     rng = np.random.default_rng(seed)
     kw = dict(temperature=temperature, top_p=top_p, engine=engine, rng=rng)
     if model.vocab.end is not None and prime is None:
@@ -365,14 +403,14 @@ def sample(checkpoint, length, count, prime, temperature, top_p, seed, engine):
     help="Rebuild the report of this report directory without training.",
 )
 @click.pass_context
-def report(ctx, corpus, updates, out, no_progress, overfit_cap, from_dir, **kw):
+def report(ctx, corpus, updates, minutes, out, no_progress, overfit_cap, from_dir, **kw):
     """Gradient check, overfit check, training run and best passage of CORPUS, as a report.
 
     Writes OUT/report.md and a self-contained OUT/report.html. Without --updates the run
     has 100,000 updates and at least 2 epochs.
     """
-    from charwise.report import build_report, default_updates, make_report
-    from charwise.train import Interrupted, Schedule
+    from charwise.report import build_report, make_report
+    from charwise.train import Interrupted
 
     if from_dir is not None:
         given = sorted(f"--{name.replace('_', '-')}" for name in given_options(ctx) - {"from_dir"})
@@ -384,7 +422,7 @@ def report(ctx, corpus, updates, out, no_progress, overfit_cap, from_dir, **kw):
         c = load_corpus(corpus, **loader)
         config = TrainConfig(**kw)
         if "updates" not in given_options(ctx):
-            updates = default_updates(Schedule.for_corpus(c, config.seq_length).per_epoch)
+            updates = None  # the protocol's length (report.default_updates), or --minutes
         try:
             md, page = make_report(
                 c,
@@ -396,6 +434,7 @@ def report(ctx, corpus, updates, out, no_progress, overfit_cap, from_dir, **kw):
                 overfit_cap,
                 progress=not no_progress,
                 log=click.echo,
+                minutes=minutes,
             )
         except Interrupted as exc:
             click.echo(f"\ncharwise: {exc}", err=True)
@@ -408,7 +447,7 @@ def report(ctx, corpus, updates, out, no_progress, overfit_cap, from_dir, **kw):
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
 def plot(run_dirs, out):
     """Overlay the smooth-loss curves of RUN_DIRs, labelled by the settings that differ."""
-    from charwise.report import plot_compare
+    from charwise.figures import plot_compare
 
     for label in plot_compare(run_dirs, out):
         click.echo(f"  {label}")

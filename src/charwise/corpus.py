@@ -13,6 +13,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -122,6 +123,43 @@ class Corpus:
 
     def head(self, n: int) -> str:
         return self.vocab.decode(self.data[:n])
+
+    def runs(self) -> list[tuple[int, int]]:
+        """The stretches data[a:b] read from a zero state: the text, or each document."""
+        return document_runs(self.starts, len(self.data))
+
+    def split(self, fraction: float) -> tuple[Corpus, Corpus | None]:
+        """(training part, held-out part) (SPEC.md, validation): the last `fraction` of the
+        characters (at least two), or of the documents (at least one), rounded up; no
+        held-out part for fraction 0. A training part too short for a chunk is refused by the
+        schedule."""
+        if fraction <= 0:
+            return self, None
+        n = len(self.data)
+        if not self.documents:  # at least 2 held-out characters: one prediction
+            cut = max(0, n - max(2, math.ceil(fraction * n)))
+            train = Corpus(self.name, self.vocab, self.data[:cut], None, self.report)
+            return train, Corpus(f"{self.name} (held out)", self.vocab, self.data[cut:])
+        docs = len(self.starts)
+        k = docs - max(1, math.ceil(fraction * docs))  # documents kept for training
+        if k < 1:
+            raise CharwiseError(
+                f"corpus {self.name} has {docs} document(s): none left for training after "
+                f"holding out --val-fraction {fraction:g}; use more documents or --val-fraction 0"
+            )
+        cut = int(self.starts[k])
+        train = Corpus(self.name, self.vocab, self.data[:cut], self.starts[:k], self.report)
+        held = self.starts[k:].astype(np.int64) - (cut - 1)
+        return train, Corpus(f"{self.name} (held out)", self.vocab, self.data[cut - 1 :], held)
+
+
+def document_runs(starts, n: int) -> list[tuple[int, int]]:
+    """The runs data[a:b] that are read from a zero state: the whole text when starts is None,
+    else each document's: its preceding end character, its text and its end character."""
+    if starts is None:
+        return [(0, n)]
+    bounds = [*(np.asarray(starts, dtype=np.int64) - 1).tolist(), n - 1]
+    return [(a, b + 1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def python_docs_text() -> str:

@@ -1,19 +1,23 @@
-"""AdaGrad with element-wise clipping, and the training state it updates."""
+"""Optimisers (SPEC.md): objects with init_state(params) and step(params, grads, state, t), so
+that any optimiser works on any model. Every gradient entry is first clipped to [-clip, clip].
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from charwise.params import RNNParams
+from charwise.errors import CharwiseError
+from charwise.params import Params
 
-ETA = 0.1  # learning rate
-EPS = 1e-8  # inside the square root: theta -= eta * g / sqrt(G + eps)
+ETA = 0.1  # the exercise's AdaGrad learning rate
+ETA_OTHERS = 2e-3  # default learning rate of rmsprop and adam
+EPS = 1e-8  # AdaGrad: inside the square root; RMSProp and Adam: added to it
 CLIP = 5.0  # every gradient entry is clipped to [-CLIP, CLIP] before the step
+ALPHA = 0.95  # RMSProp's decay of the squared-gradient average
+BETA1, BETA2 = 0.9, 0.999  # Adam's decays of the first and second moments
 
 
-def adagrad_step(params: RNNParams, grads: RNNParams, G: RNNParams, eta=ETA, eps=EPS, clip=CLIP):
+def adagrad_step(params: Params, grads: Params, G: Params, eta=ETA, eps=EPS, clip=CLIP):
     """Clip grads in place, then G += g^2 and theta -= eta * g / sqrt(G + eps), in place."""
     for p, g, acc in zip(params.arrays(), grads.arrays(), G.arrays(), strict=True):
         np.clip(g, -clip, clip, out=g)
@@ -21,27 +25,90 @@ def adagrad_step(params: RNNParams, grads: RNNParams, G: RNNParams, eta=ETA, eps
         p -= eta * g / np.sqrt(acc + eps)
 
 
-@dataclass
-class TrainState:
-    """Everything that changes during training (SPEC.md: training loop and best model)."""
+class Optimizer:
+    """The state slots an optimiser keeps per parameter array, and its step."""
 
-    params: RNNParams
-    G: RNNParams  # AdaGrad accumulators, start at 0
-    h_prev: np.ndarray  # hidden state carried into the next chunk
-    updates: int = 0  # updates done so far
-    smooth_loss: float = float("nan")  # undefined until the first update
-    best: RNNParams | None = None  # parameters that produced the lowest smooth loss
-    best_h: np.ndarray | None = None  # the h_prev those parameters started their chunk with
-    best_x0: int = 0  # first input character of that chunk
-    best_update: int = 0
-    best_smooth: float = float("inf")
+    name = ""
+    slots: tuple[str, ...] = ()
 
-    @classmethod
-    def fresh(cls, params: RNNParams) -> TrainState:
-        return cls(
-            params=params,
-            G=RNNParams.zeros_like(params),
-            h_prev=np.zeros(params.m, dtype=params.dtype),
-            best=params.copy(),
-            best_h=np.zeros(params.m, dtype=params.dtype),
-        )
+    def __init__(self, eta: float, clip: float = CLIP, eps: float = EPS):
+        self.eta, self.clip, self.eps = eta, clip, eps
+
+    def init_state(self, params: Params) -> dict[str, Params]:
+        """Every slot starts at zero."""
+        return {slot: Params.zeros_like(params) for slot in self.slots}
+
+    def step(self, params: Params, grads: Params, state: dict[str, Params], t: int) -> None:
+        """One update of params in place from grads (clipped in place); t counts from 1."""
+        for name, g in grads.items():
+            np.clip(g, -self.clip, self.clip, out=g)
+            self.update(params[name], g, {s: state[s][name] for s in self.slots}, t)
+
+    def update(self, p: np.ndarray, g: np.ndarray, slots: dict[str, np.ndarray], t: int):
+        raise NotImplementedError
+
+
+class AdaGrad(Optimizer):
+    """G += g^2;  theta -= eta g / sqrt(G + eps)."""
+
+    name, slots = "adagrad", ("G",)
+
+    def step(self, params, grads, state, t):
+        adagrad_step(params, grads, state["G"], self.eta, self.eps, self.clip)
+
+
+class RMSProp(Optimizer):
+    """v = alpha v + (1 - alpha) g^2;  theta -= eta g / (sqrt(v) + eps)."""
+
+    name, slots = "rmsprop", ("v",)
+
+    def __init__(self, eta: float, clip: float = CLIP, eps: float = EPS, alpha: float = ALPHA):
+        super().__init__(eta, clip, eps)
+        self.alpha = alpha
+
+    def update(self, p, g, slots, t):
+        v = slots["v"]
+        v *= self.alpha
+        v += (1.0 - self.alpha) * g * g
+        p -= self.eta * g / (np.sqrt(v) + self.eps)
+
+
+class Adam(Optimizer):
+    """m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;  theta -= eta m^ / (sqrt(v^) + eps),
+    with m^ = m / (1 - b1^t) and v^ = v / (1 - b2^t)."""
+
+    name, slots = "adam", ("m", "v")
+
+    def __init__(self, eta: float, clip: float = CLIP, eps: float = EPS, betas=(BETA1, BETA2)):
+        super().__init__(eta, clip, eps)
+        self.beta1, self.beta2 = betas
+
+    def update(self, p, g, slots, t):
+        m, v = slots["m"], slots["v"]
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * g * g
+        m_hat = m / (1.0 - self.beta1**t)
+        v_hat = v / (1.0 - self.beta2**t)
+        p -= self.eta * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (AdaGrad, RMSProp, Adam)}
+
+
+def default_eta(name: str) -> float:
+    """The default learning rate of an optimiser: 0.1 for adagrad, 2e-3 otherwise."""
+    return ETA if name == "adagrad" else ETA_OTHERS
+
+
+def make_optimizer(name: str, eta: float, clip: float = CLIP, alpha: float = ALPHA) -> Optimizer:
+    """An optimiser by name with the run's settings."""
+    if name not in OPTIMIZERS:
+        raise CharwiseError(f"unknown optimizer {name!r}; choose {', '.join(OPTIMIZERS)}")
+    if name == "rmsprop":
+        return RMSProp(eta, clip, alpha=alpha)
+    return OPTIMIZERS[name](eta, clip)
+
+
+from charwise.state import TrainState  # noqa: E402, F401  (its old home; state.py owns it now)

@@ -269,10 +269,57 @@ def _command(data: dict) -> str:
     return f"charwise report {shlex.quote(data['source'])} {' '.join(flags)}"
 
 
-def document(data: dict, samples: list[dict], passage: str, best: dict, final: dict) -> Doc:
-    """The report, section by section, from report.json and the run's own files."""
-    from charwise.report import MIN_EPOCHS
+def _split_facts(corpus: dict, cfg: dict) -> list[list[str]]:
+    """Corpus facts of the held-out split (none for --val-fraction 0)."""
+    if not corpus.get("val_chars"):
+        return []
+    share = f"{cfg['val_fraction']:g}"
+    return [
+        ["training characters", f"{corpus['train_chars']:,}"],
+        [f"held out (--val-fraction {share})", f"{corpus['val_chars']:,}"],
+    ]
 
+
+def _validation(evals: dict | None, cfg: dict) -> list:
+    """The validation paragraph and table of the training section (eval.csv)."""
+    if evals is None or not len(evals["update"]):
+        return []
+    best = int(evals["val_nats"].argmin())
+    rows = [
+        [
+            f"{int(evals['update'][i]):,}",
+            f"{evals['train_nats'][i]:.4f}",
+            f"{evals['val_nats'][i]:.4f}",
+            f"{evals['val_bits'][i]:.4f}",
+        ]
+        for i in range(len(evals["update"]))
+    ]
+    return [
+        Para(
+            f"Held-out text: the lowest validation loss, {evals['val_nats'][best]:.4f} nats = "
+            f"{evals['val_bits'][best]:.4f} bits per character, at update "
+            f"{int(evals['update'][best]):,} (best-val.npz, the model to sample from). Each "
+            "evaluation reads the whole held-out text once from a zero state (eval.csv)."
+        ),
+        Table(
+            ["update", "train nats/char", "val nats/char", "val bits/char"],
+            rows,
+            "rrrr",
+        ),
+    ]
+
+
+def document(
+    data: dict,
+    samples: list[dict],
+    passage: str,
+    best: dict,
+    final: dict,
+    min_epochs: int,
+    evals: dict | None = None,
+) -> Doc:
+    """The report, section by section, from report.json and the run's own files (evals: the
+    columns of eval.csv, None for a run without held-out text)."""
     corpus, cfg, grad, fit = data["corpus"], data["config"], data["gradcheck"], data["overfit"]
     tau, per_epoch, updates = cfg["seq_length"], corpus["per_epoch"], data["updates"]
     reproduce = Section(
@@ -287,6 +334,7 @@ def document(data: dict, samples: list[dict], passage: str, best: dict, final: d
         ["corpus", corpus["name"]],
         ["characters", f"{corpus['chars']:,}"],
         ["vocabulary size K", str(corpus["K"])],
+        *_split_facts(corpus, cfg),
         ["vocabulary", Text(repr(final["vocab"]["chars"]))],
         [f"updates per epoch (seq length {tau})", f"{per_epoch:,}"],
         ["SHA-256 of vocabulary and text", corpus["sha256"]],
@@ -357,13 +405,14 @@ def document(data: dict, samples: list[dict], passage: str, best: dict, final: d
 
     epochs = final["updates"] / per_epoch
     run_text = (
-        f"{final['updates']:,} updates ({epochs:.2f} epochs of {per_epoch:,}) on the whole "
-        f"corpus with the settings above. Final smooth loss {_loss(final['smooth_loss'])}; "
+        f"{final['updates']:,} updates ({epochs:.2f} epochs of {per_epoch:,}) on the "
+        f"{'training part of the' if evals is not None else 'whole'} corpus with the settings "
+        f"above. Final smooth loss {_loss(final['smooth_loss'])}; "
         f"the lowest, {_loss(best['smooth_loss'])}, at update {best['updates']:,} "
         f"({best['smooth_loss'] / tau:.3f} per character)."
     )
-    if epochs < MIN_EPOCHS:
-        run_text += f" This run covers fewer than {MIN_EPOCHS} epochs."
+    if epochs < min_epochs:
+        run_text += f" This run covers fewer than {min_epochs} epochs."
     training = Section(
         "3. Training run",
         [
@@ -373,6 +422,7 @@ def document(data: dict, samples: list[dict], passage: str, best: dict, final: d
                 f"Loss and smooth loss per {tau}-character chunk against update; "
                 "dotted lines mark the start of each epoch.",
             ),
+            *_validation(evals, cfg),
             Para(
                 "Artefacts in this directory: final.npz (model and training state), best.npz, "
                 "metrics.csv, samples.txt, loss.png, best_passage.txt, report.json."

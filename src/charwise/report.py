@@ -3,12 +3,10 @@ figures of run directories. The report is rendered from the run directory's file
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import platform
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from charwise.errors import CharwiseError
-from charwise.train import MAY_CHANGE
+from charwise.figures import plot_compare, plot_overfit, plot_run  # noqa: F401 (compare: old home)
+from charwise.rundir import read_eval, read_metrics  # noqa: F401  (read_metrics: old home)
 
 REPORT_FILE = "report.json"  # what the report needs besides the run's own artefacts
 FORMAT = "charwise-report"  # marks report.json files written by charwise
@@ -28,129 +27,6 @@ GRAD_H = 1e-4  # centered-difference step of the gradient check (SPEC.md)
 OVERFIT_CHARS = 100  # the overfit check trains on the first 100 characters only ...
 OVERFIT_TARGET = 1.0  # ... until the mean chunk loss over one pass is below this ...
 OVERFIT_CAP = 10_000  # ... or this many updates are done (python-docs needs ~4,500)
-# Settings with no effect on the loss curve: those a resume may change, but eta and engine.
-UNPLOTTED = tuple(name for name in MAY_CHANGE if name not in ("eta", "engine"))
-
-
-# ---- figures ----------------------------------------------------------------------------
-def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """Columns of RUN_DIR/metrics.csv: update, epoch, loss, smooth_loss."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise CharwiseError(f"{run_dir} has no metrics.csv; give a run directory of charwise train")
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]  # a run being written may end in a partial line
-    with warnings.catch_warnings():  # a run stopped at update 0 has a header and no rows
-        warnings.filterwarnings("ignore", "loadtxt: input contained no data")
-        try:
-            rows = io.StringIO(complete.decode())
-            table = np.loadtxt(rows, delimiter=",", skiprows=1, ndmin=2).reshape(-1, 4)
-        except (ValueError, UnicodeDecodeError):
-            raise CharwiseError(f"{path} is not a charwise metrics file") from None
-    return {name: table[:, i] for i, name in enumerate(["update", "epoch", "loss", "smooth_loss"])}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_run(
-    run_dir: str | Path, out: str | Path, per_epoch: int | None = None, title: str | None = None
-) -> None:
-    """Loss and smooth loss against update, with epoch boundaries marked."""
-    plt = _pyplot()
-    cols = read_metrics(run_dir)
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
-    ax.plot(cols["update"], cols["loss"], lw=0.4, alpha=0.35, color="tab:blue", label="loss")
-    ax.plot(cols["update"], cols["smooth_loss"], lw=1.6, color="tab:red", label="smooth loss")
-    if per_epoch and len(cols["update"]):
-        for k, u in enumerate(np.arange(per_epoch, cols["update"][-1], per_epoch), start=2):
-            ax.axvline(u, color="gray", ls=":", lw=0.8)
-            ax.text(
-                u,
-                0.98,
-                f" epoch {k}",
-                transform=ax.get_xaxis_transform(),
-                va="top",
-                fontsize=8,
-                color="gray",
-            )
-    ax.set_xlabel("update")
-    ax.set_ylabel("loss per sequence (sum over characters)")
-    ax.set_title(title or f"Training loss: {Path(run_dir).name}", loc="left")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=2, frameon=False)  # clear of data
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-
-
-def plot_overfit(losses: list[float], per_pass: int, target: float, out: str | Path) -> None:
-    """The overfit check's loss per chunk and per pass (log scale), and its target."""
-    plt = _pyplot()
-    losses = np.asarray(losses)
-    passes = len(losses) // per_pass
-    mean = losses[: passes * per_pass].reshape(passes, per_pass).mean(axis=1)
-    fig, ax = plt.subplots(figsize=(9, 3.6), dpi=120)
-    updates = np.arange(1, len(losses) + 1)
-    ax.semilogy(updates, losses, lw=0.4, alpha=0.35, color="tab:blue", label="loss per chunk")
-    ends = per_pass * np.arange(1, passes + 1)
-    ax.semilogy(ends, mean, lw=1.4, color="tab:blue", label="mean over a pass")
-    ax.axhline(target, color="tab:red", ls="--", lw=1, label=f"target {target:g}")
-    ax.set_xlabel("update")
-    ax.set_ylabel("loss per sequence")
-    ax.set_title(f"Overfit check: first {OVERFIT_CHARS} characters", loc="left")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=3, frameon=False)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-
-
-def plot_compare(run_dirs: list[str | Path], out: str | Path) -> list[str]:
-    """Overlay the smooth-loss curves of several runs, each labelled by the settings that differ.
-
-    Losses are divided by the sequence length when the runs' sequence lengths differ (SPEC.md).
-    Returns the labels.
-    """
-    from charwise import checkpoint
-
-    settings = []
-    for run in run_dirs:
-        _, meta = checkpoint.load(Path(run) / "final.npz")
-        curve = {k: v for k, v in meta["config"].items() if k not in UNPLOTTED}
-        settings.append({"corpus": meta["corpus"]["name"], **curve})
-    keys = [k for k in settings[0] if len({json.dumps(s.get(k)) for s in settings}) > 1]
-    labels = [
-        ", ".join(f"{k}={s.get(k)}" for k in keys) or Path(r).name
-        for r, s in zip(run_dirs, settings, strict=True)
-    ]
-    if len(set(labels)) < len(labels):  # same settings: the folder names tell the runs apart
-        labels = [
-            f"{Path(r).name}: {label}" if keys else label
-            for r, label in zip(run_dirs, labels, strict=True)
-        ]
-    per_char = "seq_length" in keys
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
-    for run, s, label in zip(run_dirs, settings, labels, strict=True):
-        cols = read_metrics(run)
-        scale = s["seq_length"] if per_char else 1
-        ax.plot(cols["update"], cols["smooth_loss"] / scale, lw=1.4, label=label)
-    ax.set_xlabel("update")
-    ax.set_ylabel("smooth loss per character" if per_char else "smooth loss per sequence")
-    ax.set_title("Smooth loss" + (f" ({', '.join(keys)} varied)" if keys else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return labels
 
 
 # ---- the steps --------------------------------------------------------------------------
@@ -169,34 +45,37 @@ def overfit_check(corpus, config, cap: int = OVERFIT_CAP) -> dict:
     against the true text.
     """
     from charwise.corpus import Corpus
-    from charwise.engines import get_engine
-    from charwise.model import CharRNN
-    from charwise.optim import CLIP, EPS, TrainState
-    from charwise.train import Schedule
+    from charwise.engines import get_engine, pick
+    from charwise.model import CharModel
+    from charwise.optim import make_optimizer
+    from charwise.schedule import Schedule
+    from charwise.state import TrainState
 
     if cap < 1:
         raise CharwiseError(f"--overfit-cap must be at least 1 (got {cap})")
     n = min(OVERFIT_CHARS, len(corpus))
     tiny = Corpus(f"first {n} characters", corpus.vocab, np.ascontiguousarray(corpus.data[:n]))
     schedule = Schedule(len(tiny), config.seq_length)
-    engine = get_engine(config.engine)
-    model = CharRNN.init(corpus.vocab, config.m, config.sig, config.seed, np.dtype(config.dtype))
-    state = TrainState.fresh(model.params)
+    dtype = np.dtype(config.dtype)
+    model = CharModel.init(
+        corpus.vocab, config.model, config.m, config.layers, config.sig, config.seed, dtype
+    )
+    engine = get_engine(pick(config.engine, model.spec, config.optimizer, 1, 0.0, config.dtype))
+    optimizer = make_optimizer(config.optimizer, config.eta, config.clip, config.alpha)
+    state = TrainState.fresh(model.params, optimizer.slots)
     losses = np.empty(cap)
     reached = False
     while state.updates < cap and not reached:
         u0 = state.updates
         k = min(schedule.per_epoch, cap - u0)
-        starts, lengths, resets = schedule.block(u0, k)
-        done = engine.train_block(
-            state, tiny.data, starts, lengths, resets, config.eta, EPS, CLIP, losses[u0 : u0 + k]
-        )
+        one = (a[:, None] for a in schedule.block(u0, k))  # one stream
+        done = engine.run_block(state, optimizer, tiny.data, *one, losses[u0 : u0 + k])
         if done < k:
             raise CharwiseError(f"the overfit check diverged; lower --eta (now {config.eta})")
         reached = k == schedule.per_epoch and losses[u0 : u0 + k].mean() < OVERFIT_TARGET
     span = schedule.per_epoch * config.seq_length  # characters that served as targets
     rng = np.random.default_rng((config.seed, 2))  # (seed, 1) draws the training samples
-    h0 = np.zeros(config.m, dtype=state.h_prev.dtype)
+    h0 = model.spec.zero_state()
     x0 = int(tiny.data[0])
     generated = corpus.vocab.decode(engine.sample(state.params, h0, x0, span, rng.random(span)))
     truth = tiny.head(span + 1)
@@ -239,15 +118,18 @@ def versions() -> dict[str, str]:
 def make_report(
     corpus,
     config,
-    updates: int,
+    updates: int | None,
     out: str | Path,
     source: str,
     loader: dict | None = None,
     overfit_cap: int = OVERFIT_CAP,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    minutes: float | None = None,
 ) -> tuple[Path, Path]:
-    """Run the four steps in order, store their results in OUT, then render the report."""
+    """Run the four steps in order, store their results in OUT, then render the report.
+
+    updates None: the protocol's length (default_updates), unless minutes bound the run."""
     from charwise.gradcheck import THRESHOLD, gradcheck_corpus
     from charwise.train import Trainer
 
@@ -256,6 +138,8 @@ def make_report(
     trainer = Trainer(corpus, config, out)  # checks the settings before the long steps
     trainer.refuse_existing_run()
     out.mkdir(parents=True, exist_ok=True)
+    if updates is None and minutes is None:
+        updates = default_updates(trainer.schedule.per_epoch)
 
     log(f"1/4 gradient check (m = {GRAD_M}, h = {GRAD_H:g}, seed {config.seed})")
     t0 = time.perf_counter()
@@ -271,8 +155,10 @@ def make_report(
     overfit_s = time.perf_counter() - t0
     log(f"    {overfit['updates']:,} updates, mean loss {overfit['last_pass_mean_loss']:.3f}")
 
-    log(f"3/4 training: {updates:,} updates, {trainer.schedule.per_epoch:,} per epoch -> {out}")
-    trainer.run(updates, progress=progress)
+    length = f"{updates:,} updates" if updates is not None else f"{minutes:g} minutes"
+    log(f"3/4 training: {length}, {trainer.schedule.per_epoch:,} per epoch -> {out}")
+    trainer.run(updates, progress=progress, minutes=minutes)
+    updates = trainer.state.updates
     log("4/4 best-model passage written to best_passage.txt")
 
     data = {
@@ -284,6 +170,8 @@ def make_report(
             "chars": len(corpus),
             "K": len(corpus.vocab),
             "per_epoch": trainer.schedule.per_epoch,
+            "train_chars": len(trainer.train_corpus),
+            "val_chars": len(trainer.val_corpus) if trainer.val_corpus is not None else 0,
             "sha256": corpus.fingerprint(),
             "loader": loader or {},  # the load_corpus() options (format, cleaning, ...)
         },
@@ -333,7 +221,7 @@ def load_report_data(run_dir: str | Path) -> dict:
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write RUN_DIR/report.md and report.html; a pure function of RUN_DIR's files."""
     from charwise import checkpoint, render
-    from charwise.train import read_samples
+    from charwise.rundir import read_samples
 
     run = Path(run_dir)
     data = load_report_data(run)
@@ -351,10 +239,12 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
         run / "loss.png",
         data["corpus"]["per_epoch"],
         f"Training loss: {data['corpus']['name']}",
+        data["config"]["seq_length"],
     )
     fit = data["overfit"]
-    plot_overfit(fit["losses"], fit["per_epoch"], fit["target"], run / "overfit.png")
-    doc = render.document(data, samples, passage, best, final)
+    plot_overfit(fit["losses"], fit["per_epoch"], fit["target"], run / "overfit.png", fit["chars"])
+    evals = read_eval(run)
+    doc = render.document(data, samples, passage, best, final, MIN_EPOCHS, evals)
     figures = {name: (run / name).read_bytes() for name in ("loss.png", "overfit.png")}
     md, page = run / "report.md", run / "report.html"
     md.write_text(render.markdown(doc), encoding="utf-8")

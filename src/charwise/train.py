@@ -1,220 +1,37 @@
-"""The training protocol of SPEC.md: chunk schedule, h_prev carry, smooth loss, best model,
-and the events (progress, samples, checkpoints) that happen every N updates."""
+"""The Trainer: runs blocks of updates through an engine and emits events (SPEC.md: the
+training loop, smooth loss, best model, validation). It prints nothing itself: the progress
+bar, logs, samples, evaluation and checkpoints are listeners (events.py)."""
 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
-from charwise import checkpoint
+from charwise import checkpoint, rundir
+from charwise.config import MAY_CHANGE, TrainConfig, config_from
 from charwise.corpus import Corpus, load_corpus
-from charwise.engines import get_engine
+from charwise.engines import get_engine, pick
+from charwise.engines.reference import Dropout
 from charwise.errors import CharwiseError
-from charwise.model import DOC_SEPARATOR, CharRNN
-from charwise.optim import CLIP, EPS, TrainState
+from charwise.events import default_listeners
+from charwise.model import DOC_SEPARATOR, CharModel  # noqa: F401  (DOC_SEPARATOR: its old home)
+from charwise.models import ModelSpec
+from charwise.optim import make_optimizer
+from charwise.rundir import CHECKPOINT, read_samples, repair_logs  # noqa: F401  (old home)
+from charwise.schedule import DocumentSchedule, Schedule, make_schedule  # noqa: F401
+from charwise.state import TrainState
 from charwise.vocab import Vocab
 
-CHECKPOINT = "checkpoint.npz"  # a run directory's resumable state (final.npz: the model)
 BLOCK_MAX = 1000  # most updates per engine call, so Ctrl-C and timed checkpoints stay prompt
-METRICS_HEADER = "update,epoch,loss,smooth_loss"
+FIRST_BLOCK = 10  # updates of a run's first block, before its speed is known ...
+BLOCK_SECONDS = 1.0  # ... then blocks of about this long (and at most BLOCK_MAX updates)
 DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x tau ln K (a uniform guess)
-# Settings a resume may change (recorded): they alter what happens next, never the saved state.
-MAY_CHANGE = (
-    "eta",
-    "print_every",
-    "sample_every",
-    "sample_length",
-    "passage_length",
-    "max_length",
-    "sample_docs",
-    "passage_docs",
-    "checkpoint_every",
-    "checkpoint_seconds",
-    "engine",
-)
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run, recorded in its checkpoints."""
-
-    m: int = 100  # hidden units (>= 1)
-    eta: float = 0.1  # AdaGrad learning rate
-    seq_length: int = 25  # tau: characters per chunk (>= 1)
-    sig: float = 0.01  # standard deviation of the initial U, W, V
-    seed: int = 1  # seeds the parameters and (seed, 1) the sampling generator
-    print_every: int = 100  # progress refresh (and a log line when not on a terminal)
-    sample_every: int = 10_000  # a sample before update 1 and after every N updates
-    sample_length: int = 200  # characters per training sample
-    passage_length: int = 1000  # characters of the final best-model passage
-    max_length: int = 200  # document corpora: a sampled document ends at its end char or here
-    sample_docs: int = 3  # document corpora: documents per sample event
-    passage_docs: int = 10  # document corpora: documents sampled from the best model at the end
-    engine: str = "fast"  # fast (numba) or reference (numpy)
-    dtype: str = "float64"  # float64 or float32 (float32: fast engine only)
-    checkpoint_every: int = 0  # a checkpoint every N updates (0: only the timed ones)
-    checkpoint_seconds: float = 60.0  # and at the first block end N s after the last (0: off)
-
-    def check(self) -> None:
-        positive = ["m", "seq_length", "print_every", "sample_every", "sample_length", "max_length"]
-        bad = [name for name in positive if getattr(self, name) < 1]
-        bad += [n for n in ("checkpoint_every", "checkpoint_seconds") if getattr(self, n) < 0]
-        if bad or not self.eta > 0 or not self.sig > 0:
-            raise CharwiseError(
-                f"settings out of range: {', '.join(bad) or 'eta/sig'} (counts and eta, sig "
-                "must be positive; checkpoint intervals >= 0)"
-            )
-        if self.dtype not in ("float64", "float32"):
-            raise CharwiseError("--dtype must be float64 or float32")
-        if self.dtype == "float32" and self.engine == "reference":
-            raise CharwiseError("the reference engine is float64 only; use --engine fast")
-
-
-class Schedule:
-    """The chunk schedule of SPEC.md as a function of the update number.
-
-    Update u (0-based) uses chunk k = u mod per_epoch of epoch u // per_epoch: inputs
-    data[k*tau : k*tau + tau], targets shifted by one; h_prev resets at k = 0.
-    """
-
-    def __init__(self, n_chars: int, tau: int):
-        if tau < 1:
-            raise CharwiseError("--seq-length must be at least 1")
-        if n_chars < tau + 1:
-            raise CharwiseError(
-                f"corpus has {n_chars} characters, fewer than one sequence needs "
-                f"({tau + 1}); use a longer text or a smaller --seq-length"
-            )
-        self.tau = tau
-        self.per_epoch = (n_chars - tau - 1) // tau + 1  # e = 0, tau, ... while e <= N - tau - 1
-
-    def block(self, u0: int, n: int):
-        """(starts, lengths, resets) for updates u0 .. u0 + n - 1."""
-        k = (u0 + np.arange(n, dtype=np.int64)) % self.per_epoch
-        return k * self.tau, np.full(n, self.tau, dtype=np.int64), k == 0
-
-    def epoch(self, update: int) -> int:
-        """1-based epoch of a 1-based update number."""
-        return (update - 1) // self.per_epoch + 1
-
-    @staticmethod
-    def for_corpus(corpus: Corpus, tau: int) -> Schedule:
-        """The schedule a corpus needs: per document for document corpora, else SPEC.md's."""
-        if corpus.documents:
-            return DocumentSchedule(corpus.starts, len(corpus), tau)
-        return Schedule(len(corpus), tau)
-
-
-class DocumentSchedule(Schedule):
-    """Chunks that never cross a document boundary (SPEC.md, short-document corpora).
-
-    Document d is the run data[starts[d] - 1 : starts[d + 1]]: the end character before it (the
-    first input, as when sampling a new document), its text and its own end character (the last
-    target). Each run is cut into chunks of at most tau + 1 characters that overlap by one, so
-    every transition is a target once; h_prev resets at the first chunk of every document.
-    Only per-document arrays are kept; a block's per-chunk arrays are built by indexing.
-    """
-
-    def __init__(self, starts: np.ndarray, n_chars: int, tau: int):
-        if tau < 1 or not len(starts):
-            raise CharwiseError("a document corpus needs at least one document and tau >= 1")
-        self.tau = tau
-        self.starts = starts  # kept as given: a mapped array stays mapped
-        # targets of each document (its text and its end char): the distance to the next start
-        self.transitions = np.empty(len(starts), dtype=starts.dtype)
-        np.subtract(starts[1:], starts[:-1], out=self.transitions[:-1])
-        self.transitions[-1] = n_chars - starts[-1]
-        chunks = self.transitions + (tau - 1)
-        chunks //= tau
-        self.first = np.zeros(len(starts) + 1, dtype=np.int64)  # first chunk of each document
-        np.cumsum(chunks, out=self.first[1:])
-        self.per_epoch = int(self.first[-1])
-
-    def block(self, u0: int, n: int):
-        """(starts, lengths, resets) for updates u0 .. u0 + n - 1."""
-        k = (u0 + np.arange(n, dtype=np.int64)) % self.per_epoch
-        d = np.searchsorted(self.first, k, side="right") - 1
-        j = k - self.first[d]  # chunk number within document d
-        done = j * self.tau
-        starts = self.starts[d].astype(np.int64) - 1 + done
-        return starts, np.minimum(self.tau, self.transitions[d] - done), j == 0
-
-
-def _sample_records(raw: str):
-    """(end offset, update, epoch, smooth loss, text) of each complete record of samples.txt."""
-    pos = 0
-    while True:
-        end = raw.find("\n", pos)
-        if end < 0:
-            return
-        try:
-            parts = raw[pos:end].strip("- ").split(", ")
-            rec = dict(part.split(" ", 1) for part in parts)
-            n, update, epoch = int(rec["chars"]), int(rec["update"]), int(rec["epoch"])
-            smooth = float(rec["loss"])
-        except (ValueError, KeyError):
-            return
-        text, after = raw[end + 1 : end + 1 + n], end + 1 + n
-        if len(text) < n or raw[after : after + 2] != "\n\n":
-            return
-        pos = after + 2
-        yield pos, update, epoch, smooth, text
-
-
-def read_samples(path: str | Path) -> list[dict]:
-    """Parse samples.txt back into {update, epoch, smooth_loss, text} records."""
-    with open(path, encoding="utf-8", newline="") as f:
-        raw = f.read()
-    keys = ("update", "epoch", "smooth_loss", "text")
-    return [dict(zip(keys, rec[1:], strict=True)) for rec in _sample_records(raw)]
-
-
-def repair_logs(out: Path, updates: int) -> None:
-    """Cut metrics.csv and samples.txt back to `updates`: the checkpoint is the truth.
-
-    Drops rows and samples written after the checkpoint and a partial last line left by a
-    kill, so the resumed run appends exactly what an uninterrupted run would have written.
-    """
-    metrics = out / "metrics.csv"
-    try:
-        raw = metrics.read_bytes()
-    except OSError:
-        raw = b""
-    lines = raw.split(b"\n")[: updates + 1]  # header + one row per update
-    size = sum(len(line) + 1 for line in lines)
-    rows = enumerate(lines[1:], start=1)
-    if (
-        size > len(raw)
-        or lines[0] != METRICS_HEADER.encode()
-        or not all(line.startswith(b"%d," % u) for u, line in rows)
-    ):
-        raise CharwiseError(
-            f"{metrics} lacks rows of the first {updates} updates, which its checkpoint "
-            "holds; restore that file or start a new run"
-        )
-    _truncate(metrics, size)
-    samples = out / "samples.txt"
-    text = samples.read_bytes().decode("utf-8", "surrogateescape") if samples.exists() else ""
-    keep = 0
-    for end, update, *_ in _sample_records(text):
-        if update > updates:
-            break
-        keep = end
-    _truncate(samples, len(text[:keep].encode("utf-8", "surrogateescape")))
-
-
-def _truncate(path: Path, size: int) -> None:
-    with path.open("ab") as f:
-        f.truncate(size)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class Interrupted(Exception):
@@ -233,34 +50,69 @@ class Trainer:
     """Runs the protocol on a corpus and writes the run directory's artefacts."""
 
     def __init__(
-        self, corpus: Corpus, config: TrainConfig, out: str | Path, source: dict | None = None
+        self,
+        corpus: Corpus,
+        config: TrainConfig,
+        out: str | Path,
+        source: dict | None = None,
+        progress: bool = True,
     ):
         config.check()
         self.corpus, self.config, self.out = corpus, config, Path(out)
         self.source = source  # load_corpus() arguments that read the corpus again on resume
-        self.schedule = Schedule.for_corpus(corpus, config.seq_length)
-        self.engine = get_engine(config.engine)
+        self.train_corpus, self.val_corpus = corpus.split(config.val_fraction)
+        self.spec = ModelSpec(config.model, K=len(corpus.vocab), m=config.m, layers=config.layers)
+        self.engine_name = pick(
+            config.engine, self.spec, config.optimizer, config.batch, config.dropout, config.dtype
+        )
+        self.engine = get_engine(self.engine_name)
+        self.optimizer = make_optimizer(config.optimizer, config.eta, config.clip, config.alpha)
+        tau, seed = config.seq_length, config.seed
+        self.schedule = make_schedule(self.train_corpus, tau, config.batch, config.chunks, seed)
         dtype = np.dtype(config.dtype)
-        self.model = CharRNN.init(corpus.vocab, config.m, config.sig, config.seed, dtype)
-        self.state = TrainState.fresh(self.model.params)
-        self.sample_rng = np.random.default_rng((config.seed, 1))
-        self.data = np.ascontiguousarray(corpus.data)
+        self.model = CharModel.init(
+            corpus.vocab, config.model, config.m, config.layers, config.sig, seed, dtype
+        )
+        self.state = TrainState.fresh(self.model.params, self.optimizer.slots, config.batch)
+        self.sample_rng = np.random.default_rng((seed, 1))
+        self.dropout = None
+        if config.dropout:
+            self.dropout = Dropout(config.dropout, tau, np.random.default_rng((seed, 2)))
+        self.data = np.ascontiguousarray(self.train_corpus.data)
         self.elapsed = 0.0  # seconds spent training
         self.first_loss = float("nan")  # loss of update 1, the divergence rule's yardstick
         self.target = 0  # the total updates the current run() aims at
+        self.minutes = None  # and its budget of training minutes, if any
         self.resumes: list[dict] = []  # each resume: its update and the settings it changed
+        self.best_val: dict | None = None  # {update, val_nats} of best-val.npz
+        self.last_eval = -1  # update of the last validation
         self.fresh = True  # no files written yet (False once run() starts or after a resume)
         self.stop_signal = 0  # set by SIGINT/SIGTERM; training stops at the next block end
+        self.checkpoint_wanted = False  # a listener asks for a checkpoint at this block end
         self.saved_at, self.saved_update = time.monotonic(), self.state.updates
+        self.listeners = default_listeners(self, progress)
 
+    # ---- events -------------------------------------------------------------------------
+    def emit(self, event: str, *args) -> None:
+        for listener in self.listeners:
+            handler = getattr(listener, f"on_{event}", None)
+            if handler is not None:
+                handler(self, *args)
+
+    def intervals(self) -> list[int]:
+        every = [lis.intervals(self) for lis in self.listeners if hasattr(lis, "intervals")]
+        return [n for intervals in every for n in intervals]
+
+    # ---- resuming -----------------------------------------------------------------------
     @classmethod
     def resume(cls, out: str | Path, corpus: Corpus | None = None, **changes) -> Trainer:
         """The run in `out` as its last checkpoint left it; `changes` may alter MAY_CHANGE."""
         out = Path(out)
+        progress = changes.pop("progress", True)
         arrays, meta = checkpoint.load(out / CHECKPOINT)
         if meta.get("kind") != "checkpoint":
             raise CharwiseError(f"{out / CHECKPOINT} is a model, not a training checkpoint")
-        config = _config_from(meta.get("config"), out)
+        config = config_from(meta.get("config"), out)
         changed = {
             k: [getattr(config, k), v] for k, v in changes.items() if getattr(config, k) != v
         }
@@ -291,34 +143,18 @@ class Trainer:
                 f"corpus {corpus.name} differs from the one the run in {out} was trained on "
                 "(SHA-256 mismatch); resume with the run's own corpus"
             )
-        trainer = cls(corpus, config, out, source)
+        trainer = cls(corpus, config, out, source, progress)
         trainer._restore(arrays, meta)
         trainer.resumes.append({"update": trainer.state.updates, "changed": changed})
         repair_logs(out, trainer.state.updates)
-        for stale in out.glob(".*.npz.*.tmp"):  # left by a kill in the middle of a save
-            stale.unlink()
+        rundir.remove_stale_temporaries(out)
         return trainer
 
     def _restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         """Load the state arrays and counters of a checkpoint after checking each."""
-        state, m, K = self.state, self.config.m, len(self.corpus.vocab)
+        state, K = self.state, len(self.corpus.vocab)
         where = self.out / CHECKPOINT
-        targets = self.state_arrays()
-        if sorted(arrays) != sorted(targets):
-            raise CharwiseError(
-                f"{where} holds arrays {sorted(arrays)}, expected {sorted(targets)} "
-                f"for m={m}, K={K}; the file is corrupt"
-            )
-        for name, dst in targets.items():
-            src = arrays[name]
-            if src.shape != dst.shape or src.dtype != dst.dtype:
-                raise CharwiseError(
-                    f"{where}: {name} has shape {src.shape} and dtype {src.dtype}, expected "
-                    f"{dst.shape} {dst.dtype}; the file is corrupt"
-                )
-            if not np.isfinite(src).all():
-                raise CharwiseError(f"{where}: {name} holds NaN or infinity; the file is corrupt")
-            dst[...] = src
+        state.restore(arrays, where)
         try:
             updates, best_update, best_x0 = (
                 int(meta[k]) for k in ("updates", "best_update", "best_x0")
@@ -329,7 +165,13 @@ class Trainer:
             self.sample_rng.bit_generator.state = meta["sample_rng"]
             self.elapsed = float(meta["train_seconds"])
             self.target = int(meta["target_updates"])
+            self.minutes = meta.get("target_minutes")
             self.resumes = list(meta["resumes"])
+            self.schedule.set_state(meta.get("schedule", {}), updates)
+            if self.dropout is not None:
+                self.dropout.rng.bit_generator.state = meta["dropout_rng"]
+            self.best_val = meta.get("best_val")
+            self.last_eval = int(meta.get("last_eval", -1))
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CharwiseError(
                 f"{where}: bad training metadata ({exc}); the file is corrupt"
@@ -345,13 +187,7 @@ class Trainer:
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Every array of the training state by checkpoint name (views, not copies)."""
-        s = self.state
-        return (
-            dict(s.params.items())
-            | {f"G_{name}": g for name, g in s.G.items()}
-            | {f"best_{name}": p for name, p in s.best.items()}
-            | {"h_prev": s.h_prev, "best_h": s.best_h}
-        )
+        return self.state.arrays()
 
     # ---- the loop -----------------------------------------------------------------------
     def refuse_existing_run(self) -> None:
@@ -362,66 +198,63 @@ class Trainer:
                 "or pick another --out"
             )
 
-    def run(self, updates: int, progress: bool = True) -> TrainState:
-        """Train until `updates` updates are done in total, with events at their updates."""
+    def run(
+        self, updates: int | None = None, progress: bool = True, minutes: float | None = None
+    ) -> TrainState:
+        """Train until `updates` updates are done in total, or `minutes` of training time
+        have passed (at a block end), with events at their updates; then the final files."""
+        if updates is None and minutes is None:
+            raise CharwiseError("give a number of updates or of minutes to train")
         self.refuse_existing_run()
         self.out.mkdir(parents=True, exist_ok=True)
+        if not progress:
+            for listener in self.listeners:
+                if hasattr(listener, "enabled"):
+                    listener.enabled = False
         state = self.state
-        self.target = updates
-        metrics = self.out / "metrics.csv"
+        self.target = updates if updates is not None else 0
+        self.minutes = minutes
+        limit = math.inf if updates is None else updates
         with _stop_on_signals(self):
             if self.fresh:
-                metrics.write_text(METRICS_HEADER + "\n")
-                (self.out / "samples.txt").write_text("")
-                self._sample_event()
-                self.save_checkpoint()
+                self.emit("start")
                 self.fresh = False
-            bar = _progress(state.updates, updates, progress)
+            self.emit("begin", updates)
             try:
-                while state.updates < updates:
-                    stops = [_next_multiple(state.updates, e) for e in self._intervals()]
-                    n = min(*stops, state.updates + BLOCK_MAX, updates) - state.updates
-                    u0, smooth0 = state.updates, state.smooth_loss
+                cap = FIRST_BLOCK
+                while state.updates < limit and not self._out_of_time():
+                    stops = [_next_multiple(state.updates, e) for e in self.intervals()]
+                    n = int(min(*stops, state.updates + cap, limit)) - state.updates
+                    u0, smooth0, t0 = state.updates, state.smooth_loss, self.elapsed
                     losses, done = self._train_block(n)
                     smooth = _smooth_curve(u0, smooth0, losses[:done])
-                    self._append_metrics(metrics, u0, losses[:done], smooth)
+                    self.emit("block", u0, losses[:done], smooth)
                     self._check_divergence(u0, losses, done, smooth)
-                    self._after_block(bar)
-                    if self._checkpoint_due() or self.stop_signal:
-                        self.save_checkpoint()
+                    self.emit("step", state.updates)
+                    self.emit("block_end")
+                    self.checkpoint_wanted = False
                     if self.stop_signal:
                         raise Interrupted(self.stop_signal, state.updates, self.out)
+                    rate = n / max(self.elapsed - t0, 1e-9)
+                    cap = max(1, min(BLOCK_MAX, int(rate * BLOCK_SECONDS)))
+                self.emit("final")
+                self.save_checkpoint()
             finally:
-                if bar is not None:
-                    bar.close()
-            self.save_checkpoint()
-        self.save_models()
-        self.write_passage()
-        self.plot()
+                self.emit("end")
+        self.finish()
         return state
 
-    def _intervals(self) -> tuple[int, ...]:
-        cfg = self.config
-        return (cfg.print_every, cfg.sample_every) + (
-            (cfg.checkpoint_every,) if cfg.checkpoint_every else ()
-        )
-
-    def _checkpoint_due(self) -> bool:
-        cfg, u = self.config, self.state.updates
-        timed = (
-            cfg.checkpoint_seconds and time.monotonic() - self.saved_at >= cfg.checkpoint_seconds
-        )
-        return bool(timed or (cfg.checkpoint_every and u % cfg.checkpoint_every == 0))
+    def _out_of_time(self) -> bool:
+        return self.minutes is not None and self.elapsed >= 60.0 * self.minutes
 
     def _train_block(self, n: int) -> tuple[np.ndarray, int]:
         """The losses of up to n updates and how many were done (fewer: non-finite)."""
-        state, cfg = self.state, self.config
-        u0 = state.updates
+        state, u0 = self.state, self.state.updates
         starts, lengths, resets = self.schedule.block(u0, n)
         losses = np.empty(n)
         t0 = time.perf_counter()
-        done = self.engine.train_block(
-            state, self.data, starts, lengths, resets, cfg.eta, EPS, CLIP, losses
+        done = self.engine.run_block(
+            state, self.optimizer, self.data, starts, lengths, resets, losses, self.dropout
         )
         self.elapsed += time.perf_counter() - t0
         if u0 == 0 and done > 0:
@@ -452,75 +285,13 @@ class Trainer:
             f"charwise train --resume {self.out} --eta {self.config.eta / 10:g}"
         )
 
-    def _append_metrics(self, path: Path, u0: int, losses: np.ndarray, smooth: list) -> None:
-        updates = range(u0 + 1, u0 + len(losses) + 1)
-        rows = [
-            f"{u},{self.schedule.epoch(u)},{loss!r},{s!r}\n"
-            for u, loss, s in zip(updates, losses.tolist(), smooth, strict=True)
-        ]
-        with path.open("a") as f:
-            f.writelines(rows)
-
-    def _after_block(self, bar) -> None:
-        state, cfg = self.state, self.config
-        if state.updates % cfg.print_every == 0:
-            chars_per_s = state.updates * cfg.seq_length / max(self.elapsed, 1e-9)
-            facts = dict(
-                epoch=self.schedule.epoch(state.updates),
-                smooth_loss=f"{state.smooth_loss:.3f}",
-                chars_per_s=f"{chars_per_s:,.0f}",
-            )
-            if bar is not None:
-                bar.set_postfix(facts, refresh=False)
-                bar.update(state.updates - bar.n)
-            else:
-                print(f"update {state.updates} " + " ".join(f"{k} {v}" for k, v in facts.items()))
-        if state.updates % cfg.sample_every == 0:
-            self._sample_event(bar)
-
-    # ---- events -------------------------------------------------------------------------
-    def _sample_event(self, bar=None) -> None:
-        """A sample from h_prev and the next chunk's first character, logged to samples.txt."""
-        state, cfg = self.state, self.config
-        if self.corpus.documents:  # new documents from h = 0 and the end character
-            text = DOC_SEPARATOR.join(
-                self._documents(state.params, cfg.sample_docs, self.sample_rng)
-            )
-        else:
-            start, _, reset = self.schedule.block(state.updates, 1)
-            h0 = np.zeros_like(state.h_prev) if reset[0] else state.h_prev
-            x0 = int(self.data[start[0]])
-            uniforms = self.sample_rng.random(cfg.sample_length)
-            indices = self.engine.sample(self.model.params, h0, x0, cfg.sample_length, uniforms)
-            text = self.corpus.vocab.decode(indices)
-        epoch = self.schedule.epoch(max(state.updates, 1))
-        smooth = state.smooth_loss
-        header = (
-            f"--- update {state.updates}, epoch {epoch}, loss {smooth!r}, chars {len(text)} ---"
-        )
-        with (self.out / "samples.txt").open("a", encoding="utf-8", newline="") as f:
-            f.write(f"{header}\n{text}\n\n")
-        show = f"\n{header}\n{text}\n"
-        if bar is not None:
-            bar.write(show)
-        else:
-            print(show)
-
-    def save_models(self) -> None:
-        """final.npz (with the training state) and best.npz (the best parameters)."""
-        state, meta = self.state, self.meta()
-        train_arrays = {f"G_{name}": g for name, g in state.G.items()} | {"h_prev": state.h_prev}
-        self.model.save(self.out / "final.npz", extra=train_arrays, **meta)
-        best = CharRNN(self.model.vocab, state.best, self.model.meta)
-        best_meta = meta | {"updates": state.best_update, "smooth_loss": state.best_smooth}
-        best.save(self.out / "best.npz", extra={"h0": state.best_h}, x0=state.best_x0, **best_meta)
-
+    # ---- files --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
         """RUN_DIR/checkpoint.npz: all a resume needs, after the logs it covers reach the disk."""
-        for name in ("metrics.csv", "samples.txt"):
-            with (self.out / name).open("ab") as f:
-                os.fsync(f.fileno())
-        s, vocab, arrays = self.state, self.corpus.vocab, self.state_arrays()
+        for name in (rundir.METRICS, rundir.SAMPLES, rundir.EVAL):
+            if (self.out / name).exists():
+                rundir.fsync(self.out / name)
+        s, vocab, arrays = self.state, self.corpus.vocab, self.state.arrays()
         bad = [name for name, a in arrays.items() if not np.isfinite(a).all()]
         if bad or (s.updates and not np.isfinite([s.smooth_loss, s.best_smooth]).all()):
             raise CharwiseError(
@@ -532,7 +303,12 @@ class Trainer:
             "best_x0": s.best_x0,
             "first_loss": self.first_loss,
             "target_updates": self.target,
+            "target_minutes": self.minutes,
             "sample_rng": self.sample_rng.bit_generator.state,
+            "schedule": self.schedule.state(),
+            "dropout_rng": self.dropout.rng.bit_generator.state if self.dropout else None,
+            "best_val": self.best_val,
+            "last_eval": self.last_eval,
             "resumes": self.resumes,
         }
         checkpoint.save(self.out / CHECKPOINT, arrays, meta, kind="checkpoint")
@@ -540,18 +316,41 @@ class Trainer:
 
     def meta(self) -> dict:
         s = self.state
+        corpus = {"name": self.corpus.name, "chars": len(self.corpus), "source": self.source}
+        if self.corpus.documents:
+            corpus["documents"] = len(self.corpus.starts)
+        if self.val_corpus is not None:
+            corpus["train_chars"] = len(self.train_corpus)
+            corpus["val_chars"] = len(self.val_corpus)
         return {
             "config": asdict(self.config),
-            "corpus": {"name": self.corpus.name, "chars": len(self.corpus), "source": self.source}
-            | ({"documents": len(self.corpus.starts)} if self.corpus.documents else {}),
+            "engine_used": self.engine_name,
+            "optimizer": {"name": self.optimizer.name, "t": s.updates},
+            "corpus": corpus,
             "corpus_sha256": self.corpus.fingerprint(),
             "updates": s.updates,
-            "epoch": self.schedule.epoch(max(s.updates, 1)),
+            "epoch": self.schedule.epoch(s.updates),
             "smooth_loss": float(s.smooth_loss),
             "best_update": s.best_update,
             "best_smooth_loss": float(s.best_smooth),
             "train_seconds": self.elapsed,
         }
+
+    def save_model(self, name: str, params, updates: int, extra=None, **facts) -> None:
+        """A model file in the run directory: the parameters, the run's facts and `facts`."""
+        meta = self.meta() | {"updates": updates} | facts
+        CharModel(self.corpus.vocab, params, self.model.meta).save(self.out / name, extra, **meta)
+
+    def finish(self) -> None:
+        """final.npz (with the training state), best.npz, the passage and the figures."""
+        state = self.state
+        self.save_model(rundir.FINAL, state.params, state.updates, state.model_arrays())
+        best_start = state.model_arrays(best=True)
+        best_arrays = {k: a for k, a in best_start.items() if k not in state.params}
+        facts = {"smooth_loss": state.best_smooth, "x0": state.best_x0}
+        self.save_model(rundir.BEST, state.best, state.best_update, best_arrays, **facts)
+        self.write_passage()
+        self.emit("finish")
 
     def write_passage(self) -> str:
         """The best model's passage, from its h_prev and first character (SPEC.md).
@@ -563,45 +362,22 @@ class Trainer:
         rng = np.random.default_rng()
         rng.bit_generator.state = self.sample_rng.bit_generator.state
         if self.corpus.documents:
-            text = DOC_SEPARATOR.join(self._documents(state.best, cfg.passage_docs, rng))
+            text = DOC_SEPARATOR.join(self.documents(state.best, cfg.passage_docs, rng))
         else:
             uniforms = rng.random(cfg.passage_length)
+            h0 = tuple(b[:, None] for b in state.best_carry)
             indices = self.engine.sample(
-                state.best, state.best_h, state.best_x0, cfg.passage_length, uniforms
+                state.best, h0, state.best_x0, cfg.passage_length, uniforms
             )
             text = self.corpus.vocab.decode(indices)
-        (self.out / "best_passage.txt").write_text(text, encoding="utf-8", newline="")
+        (self.out / rundir.PASSAGE).write_text(text, encoding="utf-8", newline="")
         return text
 
-    def _documents(self, params, count: int, rng: np.random.Generator) -> list[str]:
-        model = CharRNN(self.corpus.vocab, params)
+    def documents(self, params, count: int, rng: np.random.Generator) -> list[str]:
+        """count new documents from params (sample events and the passage of document runs)."""
+        model = CharModel(self.corpus.vocab, params)
         cfg = self.config
-        return model.sample_documents(count, cfg.max_length, rng=rng, engine=cfg.engine)
-
-    def plot(self) -> None:
-        from charwise.report import plot_run
-
-        plot_run(self.out, self.out / "loss.png", per_epoch=self.schedule.per_epoch)
-
-
-def _config_from(saved, out: Path) -> TrainConfig:
-    """The TrainConfig recorded in a checkpoint (settings added since then keep defaults)."""
-    known = {f.name for f in fields(TrainConfig)}
-    if not isinstance(saved, dict) or not saved.keys() <= known:
-        extra = sorted(saved.keys() - known) if isinstance(saved, dict) else saved
-        raise CharwiseError(f"{out}: unknown settings {extra} in its checkpoint; update charwise")
-    config = TrainConfig(**saved)
-    wrong = [f.name for f in fields(config) if not _same_kind(getattr(config, f.name), f.default)]
-    if wrong:
-        raise CharwiseError(f"{out}: settings {wrong} in its checkpoint have wrong types")
-    config.check()
-    return config
-
-
-def _same_kind(value, default) -> bool:
-    """Whether a saved setting has its default's type (an int may stand for a float)."""
-    kinds = (int, float) if isinstance(default, float) else (type(default),)
-    return isinstance(value, kinds) and not isinstance(value, bool)
+        return model.sample_documents(count, cfg.max_length, rng=rng, engine=self.engine_name)
 
 
 class _stop_on_signals:
@@ -638,14 +414,3 @@ def _smooth_curve(u0: int, smooth: float, losses: np.ndarray) -> list[float]:
 
 def _next_multiple(u: int, every: int) -> int:
     return (u // every + 1) * every
-
-
-def _progress(initial: int, total: int, enabled: bool):
-    """A tqdm bar on a terminal; None (plain log lines) otherwise."""
-    import sys
-
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="upd", dynamic_ncols=True, smoothing=0.1)

@@ -1,10 +1,14 @@
 """Engines: interchangeable implementations of the same math (same interface, same numbers).
 
 Each engine module provides
-    loss_and_grads(params, x, y, h0) -> (loss, grads, h_last)
-    sample(params, h0, x0, n, uniforms, temperature=1.0, top_p=1.0, stop=-1) -> indices
-    advance(params, h0, x) -> h_last
+    run_block(state, optimizer, data, starts, lengths, resets, losses, dropout) -> updates done
+    loss_and_grads(params, x, y, state0) -> (loss, grads, state_last)
+    sample(params, state0, x0, n, uniforms, temperature=1.0, top_p=1.0, stop=-1) -> indices
+    advance(params, state0, x) -> state_last
+    evaluate(params, data, runs=None) -> (sum of -log p, characters predicted)
+and, for the exercise's one stream and AdaGrad,
     train_block(state, data, starts, lengths, resets, eta, eps, clip, losses) -> updates done
+Which engine runs which combination is decided here (why_not), without importing them.
 """
 
 from __future__ import annotations
@@ -14,11 +18,43 @@ from types import ModuleType
 
 from charwise.errors import CharwiseError
 
-ENGINES = ("fast", "reference")
+ENGINES = ("fast", "reference")  # in order of preference for --engine auto
+CHOICES = ("auto", *ENGINES)
 
 
 def get_engine(name: str) -> ModuleType:
     """The engine module by name; imported on first use so `import charwise` stays light."""
     if name not in ENGINES:
-        raise CharwiseError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+        raise CharwiseError(f"unknown engine {name!r}; choose one of {', '.join(CHOICES)}")
     return importlib.import_module(f"charwise.engines.{name}")
+
+
+def why_not(name: str, spec, optimizer: str, batch: int, dropout: float, dtype: str) -> str | None:
+    """None when engine `name` runs this combination, else the reason (without importing it)."""
+    if name == "reference":
+        return None if dtype == "float64" else "the reference engine is float64 only"
+    reasons = []
+    if spec.family != "rnn" or spec.layers != 1:
+        reasons.append(f"{spec.describe()} (it runs the one-layer rnn)")
+    if optimizer != "adagrad":
+        reasons.append(f"--optimizer {optimizer} (it runs adagrad)")
+    if batch != 1:
+        reasons.append(f"--batch {batch} (it runs one stream)")
+    if dropout:
+        reasons.append("dropout")
+    return f"the {name} engine does not yet run " + ", ".join(reasons) if reasons else None
+
+
+def pick(name: str, spec, optimizer: str, batch: int, dropout: float, dtype: str) -> str:
+    """The engine for a run: `name`, or for auto the first of ENGINES that runs it."""
+    if name == "auto":
+        for candidate in ENGINES:
+            if why_not(candidate, spec, optimizer, batch, dropout, dtype) is None:
+                return candidate
+        raise CharwiseError(f"no engine runs {spec.describe()} in {dtype}; use --dtype float64")
+    get_engine(name)  # refuses an unknown name
+    reason = why_not(name, spec, optimizer, batch, dropout, dtype)
+    if reason:
+        hint = "use --engine fast" if dtype != "float64" else "use --engine reference"
+        raise CharwiseError(f"{reason}; {hint}")
+    return name

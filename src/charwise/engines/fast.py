@@ -47,8 +47,8 @@ import numba  # noqa: E402  (after the cache folder is chosen)
 if CACHE_DIR:
     numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before charwise
 
-from charwise.optim import TrainState  # noqa: E402
-from charwise.params import RNNParams  # noqa: E402
+from charwise.params import Params, RNNParams  # noqa: E402
+from charwise.state import TrainState  # noqa: E402
 
 # Fused multiply-add only: one rounding instead of two in a*b + c. No reassociation, no
 # approximate functions, no NaN/inf assumptions (full fastmath would break all of these).
@@ -457,42 +457,99 @@ def _advance(b, U, W, h0, x):
     return h[0].copy()
 
 
+@jit
+def _evaluate(b, c, U, W, V, data, runs):
+    """(sum of -log p, count) over the runs data[a:b] (rows of runs), each read from h = 0
+    with h carried; logits and log-sum-exp in float64."""
+    m, K = b.size, c.size
+    UT = np.ascontiguousarray(U.T)
+    WT, VT = np.empty((m, m)), np.empty((m, K))
+    _transpose(W, WT)
+    _transpose(V, VT)
+    h, a, o, z64 = np.empty(m), np.empty(m), np.empty(K), np.empty(max(m, K))
+    total, count = 0.0, 0
+    for r in range(len(runs)):
+        h[:] = 0.0
+        for s in range(runs[r, 0], runs[r, 1] - 1):
+            _step(b, UT, WT, data[s], h, a, z64)
+            h[:] = a
+            _matvec(o, h, VT)
+            top = -np.inf
+            for k in range(K):
+                o[k] = o[k] + c[k]
+                if o[k] > top:
+                    top = o[k]
+            for k in range(K):
+                z64[k] = o[k] - top
+            zy = z64[data[s + 1]]
+            _exp_nonpositive(z64[:K], z64[:K])
+            total_p = 0.0
+            for k in range(K):
+                total_p += z64[k]
+            total += math.log(total_p) - zy
+            count += 1
+    return total, count
+
+
 # ---- the engine interface (see engines/__init__.py) -------------------------------------------
 def _indices(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.int64)
 
 
-def _float64(params: RNNParams) -> RNNParams:
+def _float64(params: Params) -> Params:
     """Sampling runs in float64 like the reference, which upcasts float32 weights."""
     return params if params.dtype == np.float64 else params.astype(np.float64)
 
 
-def loss_and_grads(params: RNNParams, x, y, h0):
+def _h(state) -> np.ndarray:
+    """The h of a one-layer, one-stream state: given alone, or as the tuple (h,) of (1, 1, m)."""
+    h = state[0] if isinstance(state, tuple) else state
+    return np.ascontiguousarray(np.reshape(h, -1), dtype=np.float64)
+
+
+def loss_and_grads(params: Params, x, y, h0):
     """Loss, gradients (as RNNParams) and the last hidden state, by full BPTT."""
     x, y = _indices(x), _indices(y)
     b, c, U, W, V = params.arrays()
     arrays = (b, c, np.ascontiguousarray(U.T), W, V)
     ws, z64, grads = _workspace(arrays, len(x))
-    h0 = np.ascontiguousarray(h0, dtype=params.dtype)
-    L = _loss_and_grads(*arrays, x, y, h0, ws, z64, grads)
+    h = np.ascontiguousarray(np.reshape(h0[0] if isinstance(h0, tuple) else h0, -1), params.dtype)
+    L = _loss_and_grads(*arrays, x, y, h, ws, z64, grads)
     db, dc, dUT, dW, dV = grads
-    return float(L), RNNParams(db, dc, dUT.T.copy(), dW, dV), ws[1][len(x)].copy()
+    h_last = ws[1][len(x)].copy()
+    last = (h_last.reshape(1, 1, -1),) if isinstance(h0, tuple) else h_last
+    return float(L), RNNParams(db, dc, dUT.T.copy(), dW, dV), last
 
 
-def advance(params: RNNParams, h0, x) -> np.ndarray:
-    """The hidden state after reading the characters x from h0."""
+def advance(params: Params, h0, x):
+    """The state after reading the characters x from h0 (an h alone in, an h alone out)."""
     p = _float64(params)
-    return _advance(p.b, p.U, p.W, np.asarray(h0, dtype=np.float64), _indices(x))
+    h = _advance(p.b, p.U, p.W, _h(h0), _indices(x))
+    return (h.reshape(1, 1, -1),) if isinstance(h0, tuple) else h
 
 
-def sample(params: RNNParams, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1):
+def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1):
     """n indices drawn one at a time, each fed back; ends early after drawing `stop`."""
     p = _float64(params)
     out = np.empty(n, dtype=np.int64)
     u = np.ascontiguousarray(uniforms[:n], dtype=np.float64)
-    h0 = np.ascontiguousarray(h0, dtype=np.float64)
-    done = _sample(*p.arrays(), h0, int(x0), u, float(temperature), float(top_p), int(stop), out)
+    args = (_h(h0), int(x0), u, float(temperature), float(top_p), int(stop), out)
+    done = _sample(*p.arrays(), *args)
     return out[:done]
+
+
+def evaluate(params: Params, data, runs=None) -> tuple[float, int]:
+    """reference.evaluate compiled: (sum of -log p, characters predicted) in float64."""
+    p = _float64(params)
+    runs = np.array([(0, len(data))] if runs is None else runs, dtype=np.int64).reshape(-1, 2)
+    total, count = _evaluate(*p.arrays(), np.ascontiguousarray(data), runs)
+    return float(total), int(count)
+
+
+def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None) -> int:
+    """reference.run_block for one stream and AdaGrad (see engines.why_not)."""
+    one = (np.asarray(a)[:, 0] for a in (starts, lengths, resets))
+    return train_block(state, data, *one, optimizer.eta, optimizer.eps, optimizer.clip, losses)
 
 
 def train_block(state: TrainState, data, starts, lengths, resets, eta, eps, clip, losses) -> int:

@@ -1,0 +1,214 @@
+"""Listeners: what happens around training, attached to the Trainer from outside.
+
+The trainer runs blocks of updates and emits events; each listener reacts to the ones it
+names (a method on_<event>): the metrics log, the samples, validation, checkpoints, the
+progress bar or log lines, the loss figure. The web page will be one more listener.
+
+Events, in the order of one block: block (the losses) -> step (the update count after it,
+for progress, samples, validation) -> block_end (checkpoints). Around them: start (a fresh
+run's first files), begin (each run() call), message (text to show), evaluated (a
+validation row), finish (the final models are written), end (run() returns or stops).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from charwise import rundir
+from charwise.model import DOC_SEPARATOR
+
+
+class MetricsLog:
+    """metrics.csv: one row per update (update, epoch, loss, smooth loss)."""
+
+    def on_start(self, trainer) -> None:
+        (trainer.out / rundir.METRICS).write_text(rundir.METRICS_HEADER + "\n")
+
+    def on_block(self, trainer, u0: int, losses: np.ndarray, smooth: list[float]) -> None:
+        updates = range(u0 + 1, u0 + len(losses) + 1)
+        epoch = trainer.schedule.epoch
+        rows = [
+            f"{u},{epoch(u)},{loss!r},{s!r}\n"
+            for u, loss, s in zip(updates, losses.tolist(), smooth, strict=True)
+        ]
+        rundir.append(trainer.out / rundir.METRICS, rows)
+
+
+class Sampler:
+    """samples.txt: a sample before update 1 and after every sample_every updates, from stream
+    0's state and its next chunk's first character (document corpora: new documents)."""
+
+    def intervals(self, trainer) -> tuple[int, ...]:
+        return (trainer.config.sample_every,)
+
+    def on_start(self, trainer) -> None:
+        (trainer.out / rundir.SAMPLES).write_text("")
+        self.sample(trainer)
+
+    def on_step(self, trainer, update: int) -> None:
+        if update % trainer.config.sample_every == 0:
+            self.sample(trainer)
+
+    def sample(self, trainer) -> None:
+        state, cfg = trainer.state, trainer.config
+        if trainer.corpus.documents:
+            docs = trainer.documents(state.params, cfg.sample_docs, trainer.sample_rng)
+            text = DOC_SEPARATOR.join(docs)
+        else:
+            start, reset = trainer.schedule.peek(state.updates)
+            h0 = tuple(np.zeros_like(s[:, :1]) if reset else s[:, :1] for s in state.carry)
+            uniforms = trainer.sample_rng.random(cfg.sample_length)
+            x0 = int(trainer.data[start])
+            indices = trainer.engine.sample(state.params, h0, x0, cfg.sample_length, uniforms)
+            text = trainer.corpus.vocab.decode(indices)
+        epoch = trainer.schedule.epoch(state.updates)
+        header = rundir.sample_header(state.updates, epoch, state.smooth_loss, len(text))
+        rundir.append(trainer.out / rundir.SAMPLES, [f"{header}\n{text}\n\n"])
+        trainer.emit("message", f"\n{header}\n{text}\n")
+
+
+class Validation:
+    """eval.csv and best-val.npz: validation (and training) nats per character every
+    eval_every updates and at the end; the best model by validation loss is kept."""
+
+    def __init__(self, trainer):
+        from charwise.evaluate import train_runs
+
+        self.val = trainer.val_corpus
+        self.train = train_runs(trainer.train_corpus, trainer.config.seed)
+
+    def intervals(self, trainer) -> tuple[int, ...]:
+        return (trainer.config.eval_every,)
+
+    def on_start(self, trainer) -> None:
+        (trainer.out / rundir.EVAL).write_text(rundir.EVAL_HEADER + "\n")
+
+    def on_step(self, trainer, update: int) -> None:
+        if update % trainer.config.eval_every == 0:
+            self.evaluate(trainer)
+
+    def on_final(self, trainer) -> None:
+        if trainer.last_eval != trainer.state.updates:
+            self.evaluate(trainer)
+
+    def evaluate(self, trainer) -> None:
+        from charwise.evaluate import nats_per_char
+
+        state = trainer.state
+        val, _ = nats_per_char(trainer.engine, state.params, self.val.data, self.val.runs())
+        train, _ = nats_per_char(trainer.engine, state.params, trainer.data, self.train)
+        u = state.updates
+        row = {
+            "update": u,
+            "epoch": trainer.schedule.epoch(u),
+            "train_nats": train,
+            "val_nats": val,
+            "val_bits": val / math.log(2),
+            "wall_seconds": trainer.elapsed,
+        }
+        line = ",".join(repr(v) if isinstance(v, float) else str(v) for v in row.values())
+        rundir.append(trainer.out / rundir.EVAL, [line + "\n"])
+        trainer.last_eval = u
+        if trainer.best_val is None or val < trainer.best_val["val_nats"]:
+            trainer.best_val = {"update": u, "val_nats": val}
+            trainer.save_model(rundir.BEST_VAL, state.params, u, val_nats=val)
+        trainer.checkpoint_wanted = True  # best-val.npz never runs ahead of the checkpoint
+        trainer.emit("evaluated", row)
+
+
+class Checkpoints:
+    """checkpoint.npz at the start, every checkpoint_every updates, checkpoint_seconds after the
+    last one (at a block end), when a listener wants one, on Ctrl-C or SIGTERM, and at the end."""
+
+    def intervals(self, trainer) -> tuple[int, ...]:
+        every = trainer.config.checkpoint_every
+        return (every,) if every else ()
+
+    def on_start(self, trainer) -> None:
+        trainer.save_checkpoint()
+
+    def on_block_end(self, trainer) -> None:
+        cfg, u = trainer.config, trainer.state.updates
+        timed = cfg.checkpoint_seconds and (
+            time.monotonic() - trainer.saved_at >= cfg.checkpoint_seconds
+        )
+        every = cfg.checkpoint_every and u % cfg.checkpoint_every == 0
+        if timed or every or trainer.checkpoint_wanted or trainer.stop_signal:
+            trainer.save_checkpoint()
+
+
+class LossFigure:
+    """loss.png when the run's final models are written."""
+
+    def on_finish(self, trainer) -> None:
+        from charwise.figures import plot_run
+
+        out, tau = trainer.out, trainer.config.seq_length
+        plot_run(out, out / rundir.LOSS_PNG, trainer.schedule.per_epoch, tau=tau)
+
+
+class Progress:
+    """A progress bar on a terminal (updates, ETA, loss, val bits/char, chars/s); elsewhere a
+    log line every print_every updates."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.bar, self.val_bits = enabled, None, None
+
+    def intervals(self, trainer) -> tuple[int, ...]:
+        return (trainer.config.print_every,)
+
+    def on_begin(self, trainer, total: int | None) -> None:
+        if self.enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=trainer.state.updates,
+                unit="upd",
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
+
+    def on_step(self, trainer, update: int) -> None:
+        cfg = trainer.config
+        if update % cfg.print_every:
+            return
+        chars = update * cfg.seq_length * cfg.batch
+        facts = dict(
+            epoch=trainer.schedule.epoch(update),
+            smooth_loss=f"{trainer.state.smooth_loss:.3f}",
+            chars_per_s=f"{chars / max(trainer.elapsed, 1e-9):,.0f}",
+        )
+        if self.val_bits is not None:
+            facts["val_bits"] = f"{self.val_bits:.3f}"
+        if self.bar is not None:
+            self.bar.set_postfix(facts, refresh=False)
+            self.bar.update(update - self.bar.n)
+        else:
+            print(f"update {update} " + " ".join(f"{k} {v}" for k, v in facts.items()))
+
+    def on_evaluated(self, trainer, row: dict) -> None:
+        self.val_bits = row["val_bits"]
+
+    def on_message(self, trainer, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text)
+
+    def on_end(self, trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def default_listeners(trainer, progress: bool = True) -> list:
+    """The listeners of every run, in the order they hear each event."""
+    listeners = [MetricsLog(), Progress(progress), Sampler()]
+    if trainer.val_corpus is not None:
+        listeners.append(Validation(trainer))
+    return listeners + [Checkpoints(), LossFigure()]
