@@ -34,9 +34,11 @@ def small_config(engine: str, **kw) -> TrainConfig:
 
 
 def run_dir_contents(out: Path) -> dict:
-    """Everything that must match between two runs: arrays, logs, passage, meta facts."""
+    """Everything that must match between two runs: arrays, logs, passage, meta facts (and
+    the validation log and model of runs with held-out text)."""
     got = {}
-    for name in (CHECKPOINT, "final.npz", "best.npz"):
+    validated = (out / "eval.csv").exists()
+    for name in (CHECKPOINT, "final.npz", "best.npz") + (("best-val.npz",) if validated else ()):
         arrays, meta = checkpoint.load(out / name)
         got |= {f"{name}:{k}": v for k, v in arrays.items()}
         for k in ("train_seconds", "resumes", "config"):
@@ -44,6 +46,9 @@ def run_dir_contents(out: Path) -> dict:
         got[f"{name}:meta"] = meta
     for name in ("metrics.csv", "samples.txt", "best_passage.txt"):
         got[name] = (out / name).read_bytes()
+    if validated:  # every column but the wall time
+        rows = (out / "eval.csv").read_text().splitlines()
+        got["eval.csv"] = [row.rsplit(",", 1)[0] for row in rows]
     return got
 
 

@@ -91,3 +91,43 @@ def test_python_dash_m_equals_the_command():
         [sys.executable, "-m", "charwise", "--help"], capture_output=True, text=True
     )
     assert res.returncode == 0 and "gradcheck" in res.stdout and "train" in res.stdout
+
+
+def test_gradcheck_command_for_every_family(corpus_file):
+    for family, names in (("lstm", ["b", "b2"]), ("gru", ["b", "bhn", "b2", "bhn2"])):
+        res = run("gradcheck", corpus_file, "--model", family, "--layers", 2, "--batch", 3)
+        assert res.exit_code == 0 and "PASS" in res.output, res.output
+        rows = [line.split()[0] for line in res.output.splitlines()[1:-1]]
+        assert rows == [*names, "c", "U", "W", "U2", "W2", "V"]
+
+
+def test_first_line_names_model_engine_and_held_out_text(tmp_path, corpus_file):
+    res = run("train", corpus_file, "--no-progress", "--updates", 5, "--out", tmp_path / "a")
+    assert res.exit_code == 0
+    first = res.output.splitlines()[0]
+    assert first.startswith("training rnn m = 100 (fast engine) on corpus.txt: 3,000 characters")
+    assert "(150 held out)" in first
+    res = run("train", corpus_file, "--no-progress", "--updates", 5, "--model", "gru", "--out",
+              tmp_path / "b", "--layers", 2, "--m", 8, "--val-fraction", 0)  # fmt: skip
+    assert res.exit_code == 0 and "2-layer gru m = 8 (reference engine)" in res.output
+    assert "held out" not in res.output.splitlines()[0]
+    info = run("info", corpus_file, "--val-fraction", 0.1)
+    assert "held out with --val-fraction 0.1: 300 characters" in info.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "transformer"], "Invalid value for '--model'"),
+        (["--dropout", "1"], "--dropout must be below 1.0"),
+        (["--val-fraction", "-0.1"], "--val-fraction must be at least 0.0"),
+        (["--batch", "0"], "--batch must be positive"),
+        (["--eta", "nan"], "--eta must be a finite number"),
+        (["--engine", "fast", "--model", "lstm"], "the fast engine does not yet run lstm m = 100"),
+        (["--dtype", "float32", "--model", "gru"], "no engine runs gru m = 100 in float32"),
+    ],
+)
+def test_model_option_errors_are_one_line(tmp_path, corpus_file, args, message):
+    res = run("train", corpus_file, "--out", tmp_path / "x", "--no-progress", *args)
+    assert res.exit_code != 0 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.output

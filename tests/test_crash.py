@@ -120,26 +120,20 @@ def wait_for(condition, seconds: float = 60.0) -> None:
         time.sleep(0.002)
 
 
-@pytest.mark.slow
-def test_sigkill_at_random_moments_loses_nothing(tmp_path):
-    """20 SIGKILLs (some at start-up, some inside checkpoint writes), 20 restarts, no loss."""
-    corpus = write_corpus(tmp_path / "words.txt", n_words=400, seed=1)
-    updates, kills, restarts, mid_write = 8000, 20, 0, 0
-    whole = tmp_path / "whole"
-    subprocess.run(cli_command(corpus, whole, updates, False), env=env(), check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
-    out, rng = tmp_path / "killed", random.Random(20261122)
-    targets = sorted(rng.sample(range(1, updates - 500), kills - 2))
+def kill_repeatedly(command, out: Path, updates: int, kills: int, seed: int) -> tuple[int, int]:
+    """SIGKILL `command(resume)` at random moments (two during start-up, every fourth inside
+    a checkpoint write), restarting it each time, then let it finish. Returns (resumes,
+    kills inside a checkpoint write)."""
+    rng = random.Random(seed)
+    restarts, mid_write = 0, 0
+    targets = sorted(rng.sample(range(1, updates - updates // 16), kills - 2))
     plan = [(0, rng.uniform(0.0, 0.6)) for _ in range(2)] + [(t, None) for t in targets]
     for i, (target, delay) in enumerate(plan):
         resume = (out / CHECKPOINT).exists()
         restarts += resume
         stale = set(out.glob(".*.tmp"))
         proc = subprocess.Popen(
-            cli_command(corpus, out, updates, resume),
-            env=env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            command(resume), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         if delay is not None:
             time.sleep(delay)  # during start-up, maybe before the first checkpoint exists
@@ -154,16 +148,47 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         proc.wait()
         proc.stderr.close()
         mid_write += bool(set(out.glob(".*.tmp")) - stale)  # this process died mid-save
-    final = subprocess.run(
-        cli_command(corpus, out, updates, True), env=env(), capture_output=True, text=True
-    )
+    final = subprocess.run(command(True), env=env(), capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
-    restarts += 1
+    return restarts + 1, mid_write
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+    """20 SIGKILLs (some at start-up, some inside checkpoint writes), 20 restarts, no loss."""
+    corpus = write_corpus(tmp_path / "words.txt", n_words=400, seed=1)
+    updates, kills = 8000, 20
+    whole = tmp_path / "whole"
+    subprocess.run(cli_command(corpus, whole, updates, False), env=env(), check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    out = tmp_path / "killed"
+    command = lambda resume: cli_command(corpus, out, updates, resume)  # noqa: E731
+    restarts, mid_write = kill_repeatedly(command, out, updates, kills, 20261122)
     print(f"\n{kills} SIGKILLs, {restarts} resumes, {mid_write} kills inside checkpoint writes")
     assert restarts >= kills - 2 and mid_write >= 1
     assert_same_run(whole, out)
     arrays, _ = checkpoint.load(out / CHECKPOINT)
     assert all(np.isfinite(a).all() for a in arrays.values())
+
+
+@pytest.mark.slow
+def test_sigkill_lstm_adam_batch_dropout_loses_nothing(tmp_path):
+    """The same for a 2-layer lstm with Adam, 4 streams, dropout and validation: the
+    optimiser moments, every stream's state, the dropout generator and best-val survive."""
+    corpus = write_corpus(tmp_path / "words.txt", n_words=400, seed=1)
+    family = ["--model", "lstm", "--layers", "2", "--optimizer", "adam", "--batch", "4",
+              "--dropout", "0.2", "--eval-every", "150", "--val-fraction", "0.1"]  # fmt: skip
+    updates, kills = 1200, 8
+
+    def command(out: Path, resume: bool) -> list[str]:
+        args = cli_command(corpus, out, updates, resume)
+        return args if resume else [*args, *family]
+
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(command(whole, False), env=env(), check=True, stdout=subprocess.DEVNULL)
+    restarts, mid_write = kill_repeatedly(lambda r: command(out, r), out, updates, kills, 7)
+    assert restarts >= kills - 2 and mid_write >= 1
+    assert_same_run(whole, out)
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +134,33 @@ def test_reference_run_continues_and_samples_in_the_fast_engine(tmp_path):
     assert checkpoint.load(out / CHECKPOINT)[1]["resumes"][-1]["changed"] == {
         "engine": ["reference", "fast"]
     }
+
+
+FORMAT2 = Path(__file__).parent / "data" / "format2-run"
+
+
+def test_format_2_run_loads_samples_and_resumes_exactly(tmp_path):
+    """A real format-2 run directory (charwise 0.1): its models load and sample, and its
+    checkpoint resumes on the whole corpus (format 2 had no held-out text), giving the
+    same numbers as today's exercise run of the same length."""
+    out = tmp_path / "old"
+    shutil.copytree(FORMAT2, out)
+    corpus = load_corpus(FORMAT2 / "words.txt")
+    for name in ("final.npz", "best.npz"):
+        model, extra = CharRNN.load(out / name)
+        assert model.meta["version"] == 3 and model.spec.family == "rnn"
+        assert len(model.sample(50, seed=1)) == 50
+    trainer = Trainer.resume(out, corpus)
+    assert trainer.config.val_fraction == 0.0 and trainer.val_corpus is None
+    assert trainer.state.updates == 30 and trainer.state.h_prev.shape == (8,)
+    trainer.run(60, progress=False)
+    fresh = tmp_path / "new"
+    Trainer(corpus, small_config("reference", print_every=7, sample_every=20), fresh).run(
+        60, progress=False
+    )
+    for name in ("metrics.csv", "samples.txt", "best_passage.txt"):
+        assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+    old, new = checkpoint.load(out / CHECKPOINT)[0], checkpoint.load(fresh / CHECKPOINT)[0]
+    assert old.keys() == new.keys()
+    for key, a in old.items():
+        assert np.array_equal(a, new[key]), key

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from charwise import checkpoint
 from charwise.cli import main
 from charwise.corpus import load_corpus
 from charwise.errors import CharwiseError
-from charwise.train import CHECKPOINT, Trainer, read_samples
+from charwise.train import CHECKPOINT, Interrupted, Trainer, read_samples
 from runs import ENGINES, WORDS, N, assert_same_run, small_config, write_corpus
 
 
@@ -81,7 +82,8 @@ def cli_train(corpus: Path, out: Path, updates: int, *extra: str):
     return cli(
         "train", corpus, "--out", out, "--updates", updates, "--engine", "reference",
         "--m", 8, "--seq-length", 10, "--print-every", 7, "--sample-every", 40,
-        "--sample-length", 15, "--passage-length", 20, "--no-progress", *extra,
+        "--sample-length", 15, "--passage-length", 20, "--no-progress", "--val-fraction", 0,
+        *extra,
     )  # fmt: skip
 
 
@@ -195,3 +197,53 @@ def test_document_corpus_cli_resume_matches_one_go(tmp_path):
     assert_same_run(whole, part)
     source = checkpoint.load(part / CHECKPOINT)[1]["corpus"]["source"]
     assert source["format"] == "lines" and source["spec"] == str(lines.resolve())
+
+
+FAMILY_RUNS = {  # beyond the exercise: every piece of state a resume must bring back
+    "lstm-adam-batch4-dropout": dict(
+        model="lstm", layers=2, optimizer="adam", batch=4, dropout=0.2, val_fraction=0.1
+    ),
+    "gru-rmsprop-random-chunks": dict(
+        model="gru", optimizer="rmsprop", batch=3, chunks="random", val_fraction=0.1
+    ),
+}
+
+
+class StopAt:
+    """A listener that acts as Ctrl-C arriving during update k's block."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def intervals(self, trainer) -> tuple[int, ...]:
+        return (self.k,)
+
+    def on_step(self, trainer, update: int) -> None:
+        if update == self.k:
+            trainer.stop_signal = signal.SIGINT
+
+
+def interrupted_at(trainer: Trainer, k: int, updates: int) -> None:
+    trainer.listeners.append(StopAt(k))
+    with pytest.raises(Interrupted):
+        trainer.run(updates, progress=False)
+    assert checkpoint.load(trainer.out / CHECKPOINT)[1]["updates"] == k
+
+
+@pytest.mark.parametrize("name", FAMILY_RUNS)
+def test_family_runs_resume_bit_identically(name, corpus_file, tmp_path):
+    """Stopped (as by Ctrl-C) at updates 37 and 71 and resumed: the same run directory as
+    one uninterrupted run, validation log and best-val model included."""
+    corpus = load_corpus(corpus_file)
+    config = lambda: small_config("reference", eval_every=30, **FAMILY_RUNS[name])  # noqa: E731
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    Trainer(corpus, config(), whole).run(100, progress=False)
+    interrupted_at(Trainer(corpus, config(), part), 37, 100)
+    interrupted_at(Trainer.resume(part, corpus, print_every=11), 71, 100)
+    Trainer.resume(part, corpus).run(100, progress=False)
+    assert_same_run(whole, part)
+    meta = checkpoint.load(part / CHECKPOINT)[1]
+    assert meta["optimizer"]["name"] == FAMILY_RUNS[name]["optimizer"]
+    assert (meta["dropout_rng"] is not None) == ("dropout" in FAMILY_RUNS[name])
+    assert meta["schedule"]["kind"] == FAMILY_RUNS[name].get("chunks", "streams")
+    assert (part / "eval.csv").read_text().count("\n") == 1 + 4  # 30, 60, 90 and the end

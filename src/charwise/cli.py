@@ -14,6 +14,7 @@ from charwise.config import ENGINE_CHOICES, TrainConfig
 from charwise.config import kind as config_kind
 from charwise.corpus import BUILTIN, FORMATS, MAX_VOCAB, PRESETS, load_corpus
 from charwise.errors import CharwiseError
+from charwise.models import FAMILIES
 from charwise.report import OVERFIT_CAP
 
 corpus_argument = click.argument("corpus", default=BUILTIN, required=False)
@@ -202,11 +203,15 @@ def main():
 @corpus_argument
 @with_options(corpus_options)
 @click.option("--seq-length", default=25, show_default=True, help="Characters per chunk.")
-def info(corpus, seq_length, **options):
+@click.option(
+    "--val-fraction", default=TrainConfig.val_fraction, show_default=True, help="Held-out share."
+)
+def info(corpus, seq_length, val_fraction, **options):
     """Characters, documents, vocabulary size K before and after cleaning, and updates per epoch."""
     from charwise.train import Schedule
 
     require_positive(seq_length=seq_length)
+    TrainConfig(val_fraction=val_fraction).check()
     kw = {"seq_length": seq_length, **options}
     c = load_from_options(corpus, kw)
     click.echo(f"corpus      {c.name}")
@@ -222,6 +227,14 @@ def info(corpus, seq_length, **options):
     click.echo(f"vocabulary  {''.join(c.vocab.chars)!r}")
     per_epoch = Schedule.for_corpus(c, kw["seq_length"]).per_epoch
     click.echo(f"updates per epoch at seq length {kw['seq_length']}: {per_epoch:,}")
+    train, held = c.split(val_fraction)
+    if held is not None:
+        unit = f"{len(held.starts):,} documents, " if c.documents else ""
+        per_epoch = Schedule.for_corpus(train, kw["seq_length"]).per_epoch
+        click.echo(
+            f"held out with --val-fraction {val_fraction:g}: {unit}{len(held):,} characters; "
+            f"the training part ({len(train):,} characters) has {per_epoch:,} updates per epoch"
+        )
 
 
 @main.command()
@@ -233,19 +246,24 @@ def info(corpus, seq_length, **options):
 @click.option("--sig", default=0.01, show_default=True, help="Initial weight scale.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the initial weights.")
 @click.option("--threshold", default=1e-6, show_default=True, help="Largest passing rel. error.")
-def gradcheck(corpus, m, step, seq_length, sig, seed, threshold, **options):
+@click.option("--model", type=click.Choice(FAMILIES), default="rnn", show_default=True)
+@click.option("--layers", default=1, show_default=True, help="Stacked layers.")
+@click.option("--batch", default=1, show_default=True, help="Streams (the loss is their mean).")
+def gradcheck(corpus, m, step, seq_length, sig, seed, threshold, model, layers, batch, **options):
     """Compare analytic and centered-difference gradients on the first characters of CORPUS."""
-    from charwise.gradcheck import format_table, gradcheck_corpus
+    from charwise.gradcheck import format_table, gradcheck_corpus, measure, worst
 
-    require_positive(m=m, h=step, seq_length=seq_length, sig=sig)
+    require_positive(m=m, h=step, seq_length=seq_length, sig=sig, layers=layers, batch=batch)
     c = load_from_options(corpus, options)
-    rows = gradcheck_corpus(c, m=m, h=step, seq_length=seq_length, sig=sig, seed=seed)
-    click.echo(format_table(rows))
-    worst = max(r.max_rel for r in rows)
-    if worst > threshold:
-        click.echo(f"FAIL: max relative error {worst:.3e} > {threshold:g}", err=True)
+    rows = gradcheck_corpus(c, m, step, seq_length, sig, seed, model, layers, batch)
+    by = measure(model, layers)
+    click.echo(format_table(rows, by))
+    error = worst(rows, by)
+    what = "max relative error" if by == "max_rel" else "max error against the largest entry"
+    if error > threshold:
+        click.echo(f"FAIL: {what} {error:.3e} > {threshold:g}", err=True)
         sys.exit(1)
-    click.echo(f"PASS: max relative error {worst:.3e} <= {threshold:g}")
+    click.echo(f"PASS: {what} {error:.3e} <= {threshold:g}")
 
 
 @main.command()
@@ -383,6 +401,30 @@ def sample(checkpoint, length, count, prime, temperature, top_p, seed, engine):
         end = model.vocab.end or ""
         texts = [(prime or "") + model.vocab.decode(i).removesuffix(end) for i in indices]
     click.echo(DOC_SEPARATOR.join(texts))
+
+
+@main.command("eval")
+@click.argument("model_path", type=click.Path(path_type=Path), metavar="MODEL")
+@click.argument("corpus", required=False)
+@with_options(corpus_options)
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto", show_default=True)
+@click.pass_context
+def evaluate(ctx, model_path, corpus, engine, **options):
+    """Nats and bits per character of MODEL (a .npz, or a run directory's recommended model) on
+    CORPUS read once from a zero state (each document from its own), or without CORPUS on the
+    held-out part of the corpus the model was trained on."""
+    from charwise.evaluate import score
+
+    path = recommended_model(model_path)
+    given = given_options(ctx) & CORPUS_KEYS
+    if corpus is None and given:
+        raise CharwiseError(f"corpus options need a CORPUS; drop {', '.join(sorted(given))}")
+    text = load_from_options(corpus, options) if corpus is not None else None
+    result = score(path, text, engine)
+    click.echo(
+        f"{path} on {result['corpus']}: {result['chars']:,} characters scored, "
+        f"{result['nats']:.4f} nats/char = {result['bits']:.4f} bits/char"
+    )
 
 
 @main.command()

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from charwise.errors import CharwiseError
+
 TRAIN_SAMPLE = 100_000  # characters of training text measured beside the validation text
 WINDOW = 10_000  # a long training text is measured on windows of this many characters
 
@@ -40,3 +42,53 @@ def train_runs(corpus, seed: int) -> list[tuple[int, int]]:
         chosen.append(runs[i])
         size += runs[i][1] - runs[i][0]
     return sorted(chosen)
+
+
+def in_vocab(corpus, vocab) -> np.ndarray:
+    """The corpus data as indices of another vocabulary (a model's); unknown characters are an
+    error that names them."""
+    table = np.array([vocab.index.get(ch, -1) for ch in corpus.vocab.chars], dtype=np.int64)
+    unknown = [ch for ch, i in zip(corpus.vocab.chars, table.tolist(), strict=True) if i < 0]
+    if unknown:
+        raise CharwiseError(
+            f"{corpus.name} has characters the model never saw: {''.join(unknown[:20])!r}; "
+            "evaluate on text in the model's vocabulary"
+        )
+    return table[np.asarray(corpus.data)]
+
+
+def score(path, corpus=None, engine: str = "auto") -> dict:
+    """Nats and bits per character of the model in `path` on `corpus` (each document from a
+    zero state), or without a corpus on the held-out part of the corpus it was trained on."""
+    from charwise.corpus import load_corpus
+    from charwise.model import CharModel
+
+    model, _ = CharModel.load(path)
+    if corpus is None:
+        meta = model.meta
+        source = (
+            meta.get("corpus", {}).get("source") if isinstance(meta.get("corpus"), dict) else None
+        )
+        if not isinstance(source, dict):
+            raise CharwiseError(f"{path} does not record its corpus; give the CORPUS to score")
+        whole = load_corpus(**source)
+        if whole.fingerprint() != meta.get("corpus_sha256"):
+            raise CharwiseError(
+                f"the corpus recorded in {path} has changed since training; give a CORPUS"
+            )
+        fraction = meta.get("config", {}).get("val_fraction", 0.0)
+        _, corpus = whole.split(fraction)
+        if corpus is None:
+            raise CharwiseError(
+                f"{path} was trained on all of its corpus (--val-fraction 0); give a CORPUS"
+            )
+    data = in_vocab(corpus, model.vocab)
+    total, count = model.engine(engine).evaluate(model.params, data, corpus.runs())
+    if not count:
+        raise CharwiseError(f"{corpus.name} is too short to score: it predicts no character")
+    return {
+        "corpus": corpus.name,
+        "chars": count,
+        "nats": total / count,
+        "bits": bits(total / count),
+    }

@@ -20,6 +20,19 @@ class GradRow:
     size: int  # number of entries checked
     max_abs: float  # max |g_analytic - g_numeric|
     max_rel: float  # max |g_a - g_n| / max(1e-12, |g_a| + |g_n|)
+    max_scaled: float  # max |g_a - g_n| / max(1e-12, max |g_a|): error against the largest
+
+
+def measure(model: str = "rnn", layers: int = 1) -> str:
+    """The error the verdict reads: SPEC's entry-wise relative error for the exercise's
+    network; for other models (larger initial weights) the error against each array's
+    largest entry, because entries near zero (~1e-8) have relative errors that measure
+    float64 rounding (~1e-13 absolute), not the gradient."""
+    return "max_rel" if (model, layers) == ("rnn", 1) else "max_scaled"
+
+
+def worst(rows: list[GradRow], by: str = "max_rel") -> float:
+    return max(getattr(r, by) for r in rows)
 
 
 def _streams(x, y, lengths):
@@ -79,13 +92,19 @@ def gradcheck(params: Params, x, y, h0=None, h: float = 1e-4, lengths=None, mask
     for (name, ga), gn in zip(analytic.items(), numeric.arrays(), strict=True):
         diff = np.abs(ga - gn)
         rel = diff / np.maximum(1e-12, np.abs(ga) + np.abs(gn))
-        rows.append(GradRow(name, ga.size, float(diff.max()), float(rel.max())))
+        scaled = diff.max() / max(1e-12, np.abs(ga).max())
+        rows.append(GradRow(name, ga.size, float(diff.max()), float(rel.max()), float(scaled)))
     return rows
 
 
-def format_table(rows: list[GradRow]) -> str:
-    lines = [f"{'param':<6}{'entries':>8}{'max abs diff':>15}{'max rel error':>15}"]
-    lines += [f"{r.name:<6}{r.size:>8}{r.max_abs:>15.3e}{r.max_rel:>15.3e}" for r in rows]
+def format_table(rows: list[GradRow], by: str = "max_rel") -> str:
+    """The per-parameter table; with by = "max_scaled" also the error against the largest."""
+    scaled = by == "max_scaled"
+    head = f"{'param':<6}{'entries':>8}{'max abs diff':>15}{'max rel error':>15}"
+    lines = [head + (f"{'vs largest':>13}" if scaled else "")]
+    for r in rows:
+        line = f"{r.name:<6}{r.size:>8}{r.max_abs:>15.3e}{r.max_rel:>15.3e}"
+        lines.append(line + (f"{r.max_scaled:>13.3e}" if scaled else ""))
     return "\n".join(lines)
 
 

@@ -49,7 +49,10 @@ class CharModel:
             fast = why_not("fast", self.spec, "adagrad", 1, 0.0, "float64") is None
             name = "fast" if fast else "reference"
         elif why_not(name, self.spec, "adagrad", 1, 0.0, "float64"):
-            raise CharwiseError(f"the {name} engine cannot sample a {self.spec.describe()} model")
+            raise CharwiseError(
+                f"the {name} engine does not yet run a {self.spec.describe()} model; "
+                "use --engine auto"
+            )
         return get_engine(name)
 
     def default_start(self) -> str:

@@ -130,7 +130,7 @@ def make_report(
     """Run the four steps in order, store their results in OUT, then render the report.
 
     updates None: the protocol's length (default_updates), unless minutes bound the run."""
-    from charwise.gradcheck import THRESHOLD, gradcheck_corpus
+    from charwise.gradcheck import THRESHOLD, gradcheck_corpus, measure, worst
     from charwise.train import Trainer
 
     out = Path(out)
@@ -141,13 +141,15 @@ def make_report(
     if updates is None and minutes is None:
         updates = default_updates(trainer.schedule.per_epoch)
 
-    log(f"1/4 gradient check (m = {GRAD_M}, h = {GRAD_H:g}, seed {config.seed})")
+    log(f"1/4 gradient check ({config.model}, m = {GRAD_M}, h = {GRAD_H:g}, seed {config.seed})")
     t0 = time.perf_counter()
     rows = gradcheck_corpus(
-        corpus, m=GRAD_M, h=GRAD_H, seq_length=config.seq_length, sig=config.sig, seed=config.seed
-    )
+        corpus, GRAD_M, GRAD_H, config.seq_length, config.sig, config.seed,
+        config.model, config.layers,
+    )  # fmt: skip
     grad_s = time.perf_counter() - t0
-    log(f"    max relative error {max(r.max_rel for r in rows):.3e}")
+    by = measure(config.model, config.layers)
+    log(f"    {'max relative error' if by == 'max_rel' else 'max error'} {worst(rows, by):.3e}")
 
     log(f"2/4 overfit check on the first {OVERFIT_CHARS} characters (cap {overfit_cap:,})")
     t0 = time.perf_counter()
@@ -182,6 +184,7 @@ def make_report(
             "h": GRAD_H,
             "seq_length": config.seq_length,
             "threshold": THRESHOLD,
+            "measure": by,  # the error the verdict reads (gradcheck.measure)
             "rows": [asdict(r) for r in rows],
         },
         "overfit": overfit,

@@ -98,7 +98,8 @@ class Streams:
 
     Text: the training text is cut into B shares of S = N // B characters; stream b runs the
     exercise's schedule on its share, so all streams reset together when a new epoch starts.
-    Documents: the documents are cut into B contiguous shares of about equal chunk counts;
+    Documents: the documents are cut into B contiguous shares of about equal chunk counts
+    (share b starts at the document whose first chunk is nearest to b C / B of C chunks);
     stream b runs the document schedule on its share; an epoch is as many updates as the
     smallest share has chunks (the chunks beyond it wait for the next epoch, as the text's
     last N - B S characters do). With B = 1 both are the one-stream schedules above.
@@ -116,9 +117,15 @@ class Streams:
                     f"--batch {batch} needs at least {batch} training documents (there are "
                     f"{D}); use a smaller --batch"
                 )
-            # share b starts at the first document whose first chunk is >= b * C / B
-            cuts = np.searchsorted(whole.first[:-1], np.arange(batch) * whole.per_epoch / batch)
-            cuts = np.maximum(cuts, np.arange(batch))  # at least one document per share
+            # share b starts at the document whose first chunk is nearest to b * C / B
+            firsts = whole.first[:-1]
+            target = np.arange(batch) * whole.per_epoch / batch
+            after = np.minimum(np.searchsorted(firsts, target), D - 1)
+            before = np.maximum(after - 1, 0)
+            nearer = np.abs(firsts[before] - target) <= np.abs(firsts[after] - target)
+            cuts = np.where(nearer, before, after)
+            for b in range(1, batch):  # at least one document per share
+                cuts[b] = min(max(cuts[b], cuts[b - 1] + 1), D - batch + b)
             bounds = [*cuts.tolist(), D]
             self.streams = [
                 DocumentSchedule(corpus.starts[a:b], n if b == D else int(corpus.starts[b]), tau)
