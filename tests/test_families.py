@@ -4,6 +4,7 @@ exercise") against hand-computed cases, centered differences and PyTorch autogra
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from conftest import english_like
 FAMILIES = ["rnn", "lstm", "gru"]
 REL = 1e-10  # float64: two implementations of the same math agree to ~1e-15
 has_torch = importlib.util.find_spec("torch") is not None
+if not has_torch and os.environ.get("CHARWISE_REQUIRE_TORCH"):  # CI: never skip the oracle
+    raise RuntimeError("CHARWISE_REQUIRE_TORCH is set but torch is not installed")
 needs_torch = pytest.mark.skipif(not has_torch, reason="torch not installed (pip install torch)")
 
 

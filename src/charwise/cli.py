@@ -12,51 +12,39 @@ import click
 
 from charwise.config import ENGINE_CHOICES, TrainConfig
 from charwise.config import kind as config_kind
-from charwise.corpus import BUILTIN, FORMATS, MAX_VOCAB, PRESETS, load_corpus
+from charwise.corpus import BUILTIN, PRESETS, LoadOptions, load_corpus
 from charwise.errors import CharwiseError
 from charwise.models import FAMILIES
 from charwise.report import OVERFIT_CAP
 
 corpus_argument = click.argument("corpus", default=BUILTIN, required=False)
-encoding_options = [
-    click.option("--encoding", default="utf-8", show_default=True, help="Text encoding."),
-    click.option(
-        "--errors",
-        type=click.Choice(["strict", "replace", "ignore"]),
-        default="strict",
-        show_default=True,
-        help="What to do with undecodable bytes.",
-    ),
-]
 
-corpus_options = encoding_options + [
-    click.option(
-        "--format",
-        type=click.Choice(FORMATS),
-        default=None,
-        help="Input format [default: from the extension: .json, .jsonl, .csv, else text; "
-        "folder for a folder].",
-    ),
+
+def options_of(cls, only: tuple[str, ...] | None = None) -> list:
+    """A click option for every CLI field of a settings dataclass (settings.setting)."""
+    options = []
+    for f in fields(cls):
+        meta = f.metadata
+        if not meta.get("cli", True) or (only is not None and f.name not in only):
+            continue
+        name = f"--{f.name.replace('_', '-')}"
+        if isinstance(f.default, bool):
+            options.append(click.option(name, f.name, is_flag=True, help=meta["help"]))
+            continue
+        kind = click.Choice(meta["choices"]) if meta["choices"] else config_kind(f)
+        default = None if meta.get("shown") else f.default
+        shown = meta.get("shown") or default is not None
+        options.append(
+            click.option(
+                name, f.name, type=kind, default=default, show_default=shown, help=meta["help"]
+            )  # fmt: skip
+        )
+    return options
+
+
+encoding_options = options_of(LoadOptions, ("encoding", "errors"))
+corpus_options = options_of(LoadOptions) + [
     click.option("--lines", is_flag=True, help="One document per line (same as --format lines)."),
-    click.option("--text-field", default="text", show_default=True, help="JSON/CSV text field."),
-    click.option(
-        "--folder-mode",
-        type=click.Choice(["documents", "concat"]),
-        default="documents",
-        show_default=True,
-        help="Folder: each file a document, or all files as one text.",
-    ),
-    click.option("--drop-retweets", is_flag=True, help="Drop is_retweet / 'RT @' documents."),
-    click.option("--html-unescape", is_flag=True, help="Turn &amp; and other entities to text."),
-    click.option("--strip-urls", is_flag=True, help="Remove http(s):// and www. links."),
-    click.option("--ascii", is_flag=True, help="Fold accents to ASCII, drop other non-ASCII."),
-    click.option("--min-char-count", default=0, show_default=True, help="Drop rarer chars."),
-    click.option("--max-vocab", default=MAX_VOCAB, show_default=True, help="Largest K accepted."),
-    click.option(
-        "--end-char",
-        default=None,
-        help="End-of-document character, as itself or U+XXXX [default: U+0003].",
-    ),
     click.option(
         "--preset",
         type=click.Choice(sorted(PRESETS)),
@@ -69,9 +57,8 @@ corpus_options = encoding_options + [
 TRAIN_PRESETS = {"tweets": {"seq_length": 10, "max_length": 140}}
 
 
-CORPUS_KEYS = {"encoding", "errors", "format", "lines", "text_field", "folder_mode", "preset"}
-CORPUS_KEYS |= {"drop_retweets", "html_unescape", "strip_urls", "ascii", "min_char_count"}
-CORPUS_KEYS |= {"max_vocab", "end_char"}  # the loader options of corpus_options
+# the loader options of corpus_options
+CORPUS_KEYS = {f.name for f in fields(LoadOptions) if f.metadata["cli"]} | {"lines", "preset"}
 
 
 def load_from_options(spec: str, kw: dict):
@@ -111,27 +98,6 @@ def loader_options(kw: dict) -> dict:
     return opts
 
 
-def config_options() -> list:
-    """A click option for every TrainConfig field, from its declaration (config.py)."""
-    options = []
-    for f in fields(TrainConfig):
-        meta = f.metadata
-        choices = meta["choices"]
-        kind = click.Choice(choices) if choices else config_kind(f)
-        shown = f.default is not None
-        options.append(
-            click.option(
-                f"--{f.name.replace('_', '-')}",
-                f.name,
-                type=kind,
-                default=f.default,
-                show_default=shown,
-                help=meta["help"],
-            )
-        )
-    return options
-
-
 # The options of a training run, shared by `train` and `report`.
 train_options = [
     click.option("--updates", default=100_000, show_default=True, help="Total updates."),
@@ -143,7 +109,7 @@ train_options = [
         "train until then.",
     ),
     click.option("--out", default=None, help="Run directory [default: runs/<corpus>-<time>]."),
-    *config_options(),
+    *options_of(TrainConfig),
     click.option("--no-progress", is_flag=True, help="Plain log lines instead of a progress bar."),
 ]
 

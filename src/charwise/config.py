@@ -4,24 +4,16 @@ options are made from these fields, and every run records them in its checkpoint
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from charwise.errors import CharwiseError
 from charwise.models import FAMILIES
 from charwise.optim import ALPHA, CLIP, OPTIMIZERS, default_eta
 from charwise.schedule import CHUNKS
+from charwise.settings import setting
 
 ENGINE_CHOICES = ("auto", "fast", "reference")
 DTYPES = ("float64", "float32")
-
-
-def setting(default, help: str, choices=None, minimum=None, below=None, type=None):
-    """A TrainConfig field: the default, the --help text, and its range.
-
-    minimum: the smallest allowed value; below: values must be below it; choices: the names.
-    """
-    meta = {"help": help, "choices": choices, "minimum": minimum, "below": below, "type": type}
-    return field(default=default, metadata=meta)
 
 
 @dataclass

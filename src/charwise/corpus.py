@@ -26,11 +26,14 @@ import numpy as np
 
 from charwise.cleaning import Cleaner, Piece, Report, Step
 from charwise.errors import CharwiseError
+from charwise.settings import setting
 from charwise.vocab import Vocab, codepoints
 
 BUILTIN = "python-docs"  # the default corpus: ships with every CPython, no download, no file
 END_CHAR = "\x03"  # default end-of-document character: U+0003 END OF TEXT, absent from real text
 FORMATS = ("text", "lines", "json", "jsonl", "csv", "folder")
+FOLDER_MODES = ("documents", "concat")
+ERROR_MODES = ("strict", "replace", "ignore")
 EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 MAX_VOCAB = 1000  # a larger vocabulary is refused (K sets the cost of every update)
 MMAP_THRESHOLD = 64 * 2**20  # inputs above this many bytes are encoded once to a mapped cache
@@ -47,19 +50,31 @@ PRESETS = {
 class LoadOptions:
     """How to read and clean a corpus (the loader options of the CLI)."""
 
-    format: str | None = None  # one of FORMATS; None: from the extension (folder for a folder)
-    text_field: str = "text"  # JSON/JSONL/CSV field that holds each document's text
-    folder_mode: str = "documents"  # folder: each file a document, or "concat" into one text
-    drop_retweets: bool = False  # drop documents with is_retweet or text starting "RT @"
-    html_unescape: bool = False  # &amp; -> & and every other HTML entity
-    strip_urls: bool = False  # remove http(s):// and www. links
-    ascii: bool = False  # fold accents to ASCII, drop characters without an ASCII spelling
-    min_char_count: int = 0  # drop characters occurring fewer times than this (0: keep all)
-    max_vocab: int = MAX_VOCAB  # refuse a larger vocabulary
-    end_char: str = END_CHAR  # end-of-document character of document corpora
-    encoding: str = "utf-8"  # text encoding of the input files
-    errors: str = "strict"  # undecodable bytes: strict (error), replace or ignore
-    mmap_threshold: int = MMAP_THRESHOLD  # inputs larger than this (bytes) are memory-mapped
+    format: str | None = setting(
+        None,
+        "Input format [default: from the extension: .json, .jsonl, .csv, else text; folder "
+        "for a folder].",
+        choices=FORMATS,
+        type=str,
+    )
+    text_field: str = setting("text", "JSON/JSONL/CSV field that holds each document's text.")
+    folder_mode: str = setting(
+        "documents", "Folder: each file a document, or all files as one text.", FOLDER_MODES
+    )
+    drop_retweets: bool = setting(False, "Drop is_retweet / 'RT @' documents.")
+    html_unescape: bool = setting(False, "Turn &amp; and other entities to text.")
+    strip_urls: bool = setting(False, "Remove http(s):// and www. links.")
+    ascii: bool = setting(False, "Fold accents to ASCII, drop other non-ASCII.")
+    min_char_count: int = setting(0, "Drop characters occurring fewer times (0: keep all).")
+    max_vocab: int = setting(MAX_VOCAB, "Largest vocabulary K accepted.")
+    end_char: str = setting(
+        END_CHAR, "End-of-document character, as itself or U+XXXX.", shown="U+0003"
+    )
+    encoding: str = setting("utf-8", "Text encoding.")
+    errors: str = setting("strict", "What to do with undecodable bytes.", ERROR_MODES)
+    mmap_threshold: int = setting(
+        MMAP_THRESHOLD, "Inputs larger than this (bytes) are memory-mapped.", cli=False
+    )
 
     def check(self) -> None:
         if self.format is not None and self.format not in FORMATS:
