@@ -167,3 +167,39 @@ def test_no_held_out_text_no_validation(tmp_path):
     trainer = Trainer(corpus, TrainConfig(m=6, val_fraction=0, engine="reference"), tmp_path)
     trainer.run(20, progress=False)
     assert not (tmp_path / "eval.csv").exists() and not (tmp_path / "best-val.npz").exists()
+
+
+def test_best_val_passage_and_sampling_an_lstm(validated_run):
+    corpus_file, out, _ = validated_run
+    model, _ = CharModel.load(out / "best-val.npz")
+    indices = model.sample_indices(1000, rng=np.random.default_rng((1, 5)))
+    assert (out / "best-val_passage.txt").read_text(encoding="utf-8") == model.vocab.decode(indices)
+    # `charwise sample RUN` samples the recommended model: prime, temperature, top-p, count
+    args = ["sample", str(out), "--length", "60", "--prime", "The ", "--seed", "3"]
+    a = CliRunner().invoke(main, [*args, "--temperature", "0.7", "--top-p", "0.9", "--count", "2"])
+    b = CliRunner().invoke(main, [*args, "--temperature", "0.7", "--top-p", "0.9", "--count", "2"])
+    assert a.exit_code == 0 and a.output == b.output
+    texts = a.output.rstrip("\n").split("\n---\n")
+    assert len(texts) == 2 and all(t.startswith("The ") and len(t) == 64 for t in texts)
+    primed = model.sample(60, prime="The ", seed=3, temperature=0.7, top_p=0.9)
+    assert texts[0] == primed
+    greedy = model.sample(40, prime="the", temperature=0)
+    assert greedy == model.sample(40, prime="the", temperature=0, seed=99)
+
+
+def test_document_models_of_every_family_sample_documents(tmp_path):
+    lines = [f"tweet {i} about the {w}" for i, w in enumerate(["cat", "dog", "sun"] * 12)]
+    path = tmp_path / "lines.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for family in ("lstm", "gru"):
+        out = tmp_path / family
+        args = ["train", str(path), "--lines", "--model", family, "--m", "8", "--batch", "3",
+                "--seq-length", "6", "--updates", "40", "--out", str(out), "--no-progress",
+                "--max-length", "30"]  # fmt: skip
+        assert CliRunner().invoke(main, args).exit_code == 0
+        res = CliRunner().invoke(main, ["sample", str(out), "--count", "4", "--seed", "1"])
+        docs = res.output.rstrip("\n").split("\n---\n")
+        assert res.exit_code == 0 and len(docs) == 4 and all(len(d) <= 30 for d in docs)
+        assert "\x03" not in res.output
+        passage = (out / "best-val_passage.txt").read_text(encoding="utf-8")
+        assert len(passage.split("\n---\n")) == 10  # --passage-docs documents

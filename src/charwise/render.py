@@ -280,8 +280,8 @@ def _split_facts(corpus: dict, cfg: dict) -> list[list[str]]:
     ]
 
 
-def _validation(evals: dict | None, cfg: dict) -> list:
-    """The validation paragraph and table of the training section (eval.csv)."""
+def _validation(evals: dict | None, cfg: dict, passage: str | None) -> list:
+    """The validation paragraph, table and passage of the training section (eval.csv)."""
     if evals is None or not len(evals["update"]):
         return []
     best = int(evals["val_nats"].argmin())
@@ -306,7 +306,11 @@ def _validation(evals: dict | None, cfg: dict) -> list:
             rows,
             "rrrr",
         ),
-    ]
+    ] + (
+        [Para("A passage from best-val.npz (best-val_passage.txt):"), Code(passage)]
+        if passage is not None
+        else []
+    )
 
 
 def document(
@@ -317,9 +321,11 @@ def document(
     final: dict,
     min_epochs: int,
     evals: dict | None = None,
+    val_passage: str | None = None,
 ) -> Doc:
     """The report, section by section, from report.json and the run's own files (evals: the
-    columns of eval.csv, None for a run without held-out text)."""
+    columns of eval.csv, None for a run without held-out text; val_passage: the passage of
+    best-val.npz)."""
     corpus, cfg, grad, fit = data["corpus"], data["config"], data["gradcheck"], data["overfit"]
     tau, per_epoch, updates = cfg["seq_length"], corpus["per_epoch"], data["updates"]
     reproduce = Section(
@@ -428,7 +434,7 @@ def document(
                 f"Loss and smooth loss per {tau}-character chunk against update; "
                 "dotted lines mark the start of each epoch.",
             ),
-            *_validation(evals, cfg),
+            *_validation(evals, cfg, val_passage),
             Para(
                 "Artefacts in this directory: final.npz (model and training state), best.npz, "
                 "metrics.csv, samples.txt, loss.png, best_passage.txt, report.json."

@@ -223,7 +223,7 @@ def load_report_data(run_dir: str | Path) -> dict:
 
 def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Write RUN_DIR/report.md and report.html; a pure function of RUN_DIR's files."""
-    from charwise import checkpoint, render
+    from charwise import checkpoint, render, rundir
     from charwise.rundir import read_samples
 
     run = Path(run_dir)
@@ -247,7 +247,10 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     fit = data["overfit"]
     plot_overfit(fit["losses"], fit["per_epoch"], fit["target"], run / "overfit.png", fit["chars"])
     evals = read_eval(run)
-    doc = render.document(data, samples, passage, best, final, MIN_EPOCHS, evals)
+    val_passage = None
+    if evals is not None and (run / rundir.VAL_PASSAGE).is_file():
+        val_passage = (run / rundir.VAL_PASSAGE).read_text(encoding="utf-8")
+    doc = render.document(data, samples, passage, best, final, MIN_EPOCHS, evals, val_passage)
     figures = {name: (run / name).read_bytes() for name in ("loss.png", "overfit.png")}
     md, page = run / "report.md", run / "report.html"
     md.write_text(render.markdown(doc), encoding="utf-8")

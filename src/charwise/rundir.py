@@ -18,6 +18,7 @@ SAMPLES = "samples.txt"
 EVAL = "eval.csv"
 FINAL, BEST, BEST_VAL = "final.npz", "best.npz", "best-val.npz"
 PASSAGE = "best_passage.txt"
+VAL_PASSAGE = "best-val_passage.txt"
 LOSS_PNG = "loss.png"
 METRICS_HEADER = "update,epoch,loss,smooth_loss"
 EVAL_COLUMNS = ("update", "epoch", "train_nats", "val_nats", "val_bits", "wall_seconds")

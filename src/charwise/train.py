@@ -350,6 +350,8 @@ class Trainer:
         facts = {"smooth_loss": state.best_smooth, "x0": state.best_x0}
         self.save_model(rundir.BEST, state.best, state.best_update, best_arrays, **facts)
         self.write_passage()
+        if self.best_val is not None:
+            self.write_val_passage()
         self.emit("finish")
 
     def write_passage(self) -> str:
@@ -371,6 +373,19 @@ class Trainer:
             )
             text = self.corpus.vocab.decode(indices)
         (self.out / rundir.PASSAGE).write_text(text, encoding="utf-8", newline="")
+        return text
+
+    def write_val_passage(self) -> str:
+        """A passage from best-val.npz, the recommended model: from a zero state after the
+        default start character (as `charwise sample`), drawn with default_rng((seed, 5))."""
+        model, _ = CharModel.load(self.out / rundir.BEST_VAL)
+        rng, cfg = np.random.default_rng((self.config.seed, 5)), self.config
+        if self.corpus.documents:
+            text = DOC_SEPARATOR.join(self.documents(model.params, cfg.passage_docs, rng))
+        else:
+            kw = dict(rng=rng, engine=self.engine_name)
+            text = model.vocab.decode(model.sample_indices(cfg.passage_length, **kw))
+        (self.out / rundir.VAL_PASSAGE).write_text(text, encoding="utf-8", newline="")
         return text
 
     def documents(self, params, count: int, rng: np.random.Generator) -> list[str]:
