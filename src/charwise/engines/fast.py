@@ -158,6 +158,27 @@ def _all_finite(a) -> bool:
     return bad == 0
 
 
+@jit
+def _nll(o, c, y, z64):
+    """(-log p_y, sum of exp(o - max o)) for the logits o + c; o gets + c in place and
+    z64[:K] the exponentials, in float64. NaN or inf anywhere makes the loss NaN, as in the
+    reference."""
+    K = c.size
+    top = -np.inf
+    for k in range(K):
+        o[k] = o[k] + c[k]
+        if o[k] > top:
+            top = o[k]
+    for k in range(K):
+        z64[k] = o[k] - top
+    zy = z64[y]
+    _exp_nonpositive(z64[:K], z64[:K])
+    s = 0.0
+    for k in range(K):
+        s += z64[k]
+    return math.log(s) - zy, s
+
+
 # ---- one chunk: loss, gradients, last hidden state --------------------------------------------
 @jit
 def _step(b, UT, WT, xt, h, out, z64):
@@ -196,19 +217,8 @@ def _loss_and_grads(b, c, UT, W, V, x, y, h0, ws, z64, grads) -> float:
     L = 0.0
     for t in range(n):  # softmax and loss; then P[t] becomes dL/do_t = p_t - onehot(y_t)
         o = P[t]
-        top = -np.inf
-        for k in range(K):
-            o[k] = o[k] + c[k]
-            if o[k] > top:
-                top = o[k]
-        for k in range(K):
-            z64[k] = o[k] - top  # NaN or inf anywhere makes L NaN, as in the reference
-        zy = z64[y[t]]
-        _exp_nonpositive(z64[:K], z64[:K])
-        s = 0.0
-        for k in range(K):
-            s += z64[k]
-        L += math.log(s) - zy
+        nll, s = _nll(o, c, y[t], z64)
+        L += nll
         for k in range(K):
             o[k] = z64[k] / s
         o[y[t]] -= 1.0
@@ -474,19 +484,7 @@ def _evaluate(b, c, U, W, V, data, runs):
             _step(b, UT, WT, data[s], h, a, z64)
             h[:] = a
             _matvec(o, h, VT)
-            top = -np.inf
-            for k in range(K):
-                o[k] = o[k] + c[k]
-                if o[k] > top:
-                    top = o[k]
-            for k in range(K):
-                z64[k] = o[k] - top
-            zy = z64[data[s + 1]]
-            _exp_nonpositive(z64[:K], z64[:K])
-            total_p = 0.0
-            for k in range(K):
-                total_p += z64[k]
-            total += math.log(total_p) - zy
+            total += _nll(o, c, data[s + 1], z64)[0]
             count += 1
     return total, count
 
