@@ -11,11 +11,11 @@ from pathlib import Path
 import click
 
 from charwise.config import ENGINE_CHOICES, TrainConfig
-from charwise.config import kind as config_kind
 from charwise.corpus import BUILTIN, PRESETS, LoadOptions, load_corpus
 from charwise.errors import CharwiseError
 from charwise.models import FAMILIES
 from charwise.report import OVERFIT_CAP
+from charwise.settings import kind
 
 corpus_argument = click.argument("corpus", default=BUILTIN, required=False)
 
@@ -31,12 +31,12 @@ def options_of(cls, only: tuple[str, ...] | None = None) -> list:
         if isinstance(f.default, bool):
             options.append(click.option(name, f.name, is_flag=True, help=meta["help"]))
             continue
-        kind = click.Choice(meta["choices"]) if meta["choices"] else config_kind(f)
+        values = click.Choice(meta["choices"]) if meta["choices"] else kind(f)
         default = None if meta.get("shown") else f.default
         shown = meta.get("shown") or default is not None
         options.append(
             click.option(
-                name, f.name, type=kind, default=default, show_default=shown, help=meta["help"]
+                name, f.name, type=values, default=default, show_default=shown, help=meta["help"]
             )  # fmt: skip
         )
     return options

@@ -10,7 +10,7 @@ from charwise.errors import CharwiseError
 from charwise.models import FAMILIES
 from charwise.optim import ALPHA, CLIP, OPTIMIZERS, default_eta
 from charwise.schedule import CHUNKS
-from charwise.settings import setting
+from charwise.settings import same_kind, setting
 
 ENGINE_CHOICES = ("auto", "fast", "reference")
 DTYPES = ("float64", "float32")
@@ -111,19 +111,8 @@ def config_from(saved, where) -> TrainConfig:
         extra = sorted(saved.keys() - known) if isinstance(saved, dict) else saved
         raise CharwiseError(f"{where}: unknown settings {extra} in its checkpoint; update charwise")
     config = TrainConfig(**saved)
-    wrong = [f.name for f in fields(config) if not _same_kind(getattr(config, f.name), f)]
+    wrong = [f.name for f in fields(config) if not same_kind(getattr(config, f.name), f)]
     if wrong:
         raise CharwiseError(f"{where}: settings {wrong} in its checkpoint have wrong types")
     config.check()
     return config
-
-
-def kind(f) -> type:
-    """The Python type of a setting's values."""
-    return f.metadata["type"] or type(f.default)
-
-
-def _same_kind(value, f) -> bool:
-    """Whether a saved setting has its declared type (an int may stand for a float)."""
-    kinds = (int, float) if kind(f) is float else (kind(f),)
-    return isinstance(value, kinds) and not isinstance(value, bool)

@@ -24,3 +24,14 @@ def setting(
     """
     meta = dict(help=help, choices=choices, minimum=minimum, below=below, type=type)
     return field(default=default, metadata=meta | dict(cli=cli, shown=shown))
+
+
+def kind(f) -> type:
+    """The Python type of a setting's values."""
+    return f.metadata["type"] or type(f.default)
+
+
+def same_kind(value, f) -> bool:
+    """Whether a saved setting has its declared type (an int may stand for a float)."""
+    kinds = (int, float) if kind(f) is float else (kind(f),)
+    return isinstance(value, kinds) and not isinstance(value, bool)
