@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from tokenize import TokenError
@@ -14,6 +12,7 @@ from tokenize import TokenError
 import numpy as np
 
 from charwise.errors import CharwiseError
+from charwise.safeio import write_atomic
 
 FORMAT = "charwise-checkpoint"
 VERSION = 3  # 2: metadata names its kind; 3: model families, optimisers, batches, validation
@@ -25,26 +24,13 @@ COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # both read with boun
 
 
 def save(path: str | Path, arrays: dict[str, np.ndarray], meta: dict, kind: str = "model") -> None:
-    """Write arrays and metadata to path atomically: temporary file, fsync, rename, fsync dir."""
+    """Write arrays and metadata to path atomically: temporary file, fsync, rename, fsync dir
+    (safeio.write_atomic), with the user's umask."""
     path = Path(path)
     meta = {**meta, "format": FORMAT, "version": VERSION, "kind": kind}
     payload = {**arrays, META_KEY: np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, lambda f: np.savez(f, **payload))
 
 
 def load(path: str | Path, max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.ndarray], dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import click
 
 from charwise.config import ENGINE_CHOICES, TrainConfig
-from charwise.corpus import BUILTIN, PRESETS, LoadOptions, load_corpus
+from charwise.corpus import BUILTIN, PRESETS, LoadOptions, load_corpus, source_of
 from charwise.errors import CharwiseError
 from charwise.models import FAMILIES
 from charwise.report import OVERFIT_CAP
@@ -124,8 +125,33 @@ def with_options(options):
 
 
 def run_dir(out: str | None, corpus) -> Path:
-    """--out, or runs/<corpus>-<time> when it is not given."""
-    return Path(out or f"runs/{Path(corpus.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    """--out, or a new folder runs/<corpus>-<time> (-2, -3, ... when two runs start in the
+    same second: the folder is created here, so no two processes pick the same one)."""
+    if out is not None:
+        return Path(out)
+    base = Path("runs") / f"{Path(corpus.name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise CharwiseError(f"cannot create a new run folder next to {base}; pass --out")
+
+
+@contextlib.contextmanager
+def new_run_dir(out: str | None, corpus):
+    """run_dir(out, corpus); a folder it created is removed again if the block fails."""
+    path = run_dir(out, corpus)
+    try:
+        yield path
+    except BaseException:
+        if out is None:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only while still empty
+        raise
 
 
 def recommended_model(path: Path) -> Path:
@@ -254,7 +280,6 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
     recorded). A non-finite loss or gradient, or a smooth loss above 2 x tau ln K (a uniform
     guess), stops the run (exit 1); the last good checkpoint is kept.
     """
-    from charwise import datasets
     from charwise.train import Interrupted, Trainer
 
     given = given_options(ctx)
@@ -278,10 +303,9 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
             )
     else:
         c = load_corpus(corpus, **loader)
-        out = run_dir(out, c)
-        named = corpus == BUILTIN or datasets.is_dataset(corpus)
-        source = {"spec": corpus if named else str(Path(corpus).resolve()), **loader}
-        trainer = Trainer(c, TrainConfig(**settings), out, source, progress)
+        config = TrainConfig(**settings)
+        with new_run_dir(out, c) as out:
+            trainer = Trainer(c, config, out, source_of(corpus, loader), progress)
         if minutes is not None and "updates" not in given:
             updates = None  # train for the minutes given
     verb = f"resuming at update {trainer.state.updates:,}" if resume else "training"
@@ -432,18 +456,19 @@ def report(ctx, corpus, updates, minutes, out, no_progress, overfit_cap, from_di
         if "updates" not in given_options(ctx):
             updates = None  # the protocol's length (report.default_updates), or --minutes
         try:
-            md, page = make_report(
-                c,
-                config,
-                updates,
-                run_dir(out, c),
-                corpus,
-                loader,
-                overfit_cap,
-                progress=not no_progress,
-                log=click.echo,
-                minutes=minutes,
-            )
+            with new_run_dir(out, c) as folder:
+                md, page = make_report(
+                    c,
+                    config,
+                    updates,
+                    folder,
+                    corpus,
+                    loader,
+                    overfit_cap,
+                    progress=not no_progress,
+                    log=click.echo,
+                    minutes=minutes,
+                )
         except Interrupted as exc:
             click.echo(f"\ncharwise: {exc}", err=True)
             sys.exit(128 + exc.signum)
@@ -452,7 +477,12 @@ def report(ctx, corpus, updates, minutes, out, no_progress, overfit_cap, from_di
 
 @main.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG file to write.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Figure file to write (.png, .pdf, .svg, ...).",
+)
 def plot(run_dirs, out):
     """Overlay the smooth-loss curves of RUN_DIRs, labelled by the settings that differ."""
     from charwise.figures import plot_compare

@@ -490,6 +490,16 @@ def load_corpus(
     return _cached(name, datasets.cache_dir() / "encoded" / key, documents, batches, opts)
 
 
+def source_of(spec: str | Path, loader: dict) -> dict:
+    """The load_corpus() arguments that read this corpus again (an absolute path for a file),
+    recorded in checkpoints so that a resume reads the corpus by itself."""
+    from charwise import datasets
+
+    spec = str(spec)
+    named = spec == BUILTIN or datasets.is_dataset(spec)
+    return {"spec": spec if named else str(Path(spec).resolve()), **loader}
+
+
 def _cached(name: str, folder: Path, documents: bool, batches, opts: LoadOptions) -> Corpus:
     """The corpus encoded once into folder (data.bin, starts.bin, meta.json), memory-mapped."""
     if not (folder / "meta.json").exists():

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from charwise import rundir
+from charwise import rundir, safeio
 from charwise.model import DOC_SEPARATOR
 
 
@@ -26,7 +26,7 @@ class MetricsLog:
     """metrics.csv: one row per update (update, epoch, loss, smooth loss)."""
 
     def on_start(self, trainer) -> None:
-        (trainer.out / rundir.METRICS).write_text(rundir.METRICS_HEADER + "\n")
+        safeio.write_text(trainer.out / rundir.METRICS, rundir.METRICS_HEADER + "\n")
 
     def on_block(self, trainer, u0: int, losses: np.ndarray, smooth: list[float]) -> None:
         updates = range(u0 + 1, u0 + len(losses) + 1)
@@ -46,7 +46,7 @@ class Sampler:
         return (trainer.config.sample_every,)
 
     def on_start(self, trainer) -> None:
-        (trainer.out / rundir.SAMPLES).write_text("")
+        safeio.write_text(trainer.out / rundir.SAMPLES, "")
         self.sample(trainer)
 
     def on_step(self, trainer, update: int) -> None:
@@ -85,7 +85,7 @@ class Validation:
         return (trainer.config.eval_every,)
 
     def on_start(self, trainer) -> None:
-        (trainer.out / rundir.EVAL).write_text(rundir.EVAL_HEADER + "\n")
+        safeio.write_text(trainer.out / rundir.EVAL, rundir.EVAL_HEADER + "\n")
 
     def on_step(self, trainer, update: int) -> None:
         if update % trainer.config.eval_every == 0:

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 
+from charwise import safeio
 from charwise.config import MAY_CHANGE
+from charwise.errors import CharwiseError
 from charwise.rundir import read_eval, read_metrics
 
 # Settings with no effect on the loss curve: those a resume may change, but eta and engine.
 UNPLOTTED = tuple(name for name in MAY_CHANGE if name not in ("eta", "engine"))
+
+
+def save(fig, out: str | Path) -> None:
+    """The figure in the format of out's extension (PNG without one), written atomically."""
+    out = Path(out)
+    if out.is_dir():
+        raise CharwiseError(f"{out} is a folder; give a file name such as {out / 'loss.png'}")
+    fmt = out.suffix[1:].lower() or "png"
+    kinds = fig.canvas.get_supported_filetypes()
+    if fmt not in kinds:
+        raise CharwiseError(
+            f"cannot write a figure as {out.name}: use one of .{', .'.join(sorted(kinds))}"
+        )
+    if not out.parent.is_dir():
+        raise CharwiseError(f"folder {out.parent} does not exist; create it or pick another --out")
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt)
+    safeio.write_atomic(out, lambda f: f.write(buf.getvalue()))
 
 
 def _pyplot():
@@ -66,7 +87,7 @@ def plot_run(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=3, frameon=False)  # clear of data
     fig.tight_layout()
-    fig.savefig(out)
+    save(fig, out)
     plt.close(fig)
 
 
@@ -90,7 +111,7 @@ def plot_overfit(
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=3, frameon=False)
     fig.tight_layout()
-    fig.savefig(out)
+    save(fig, out)
     plt.close(fig)
 
 
@@ -103,8 +124,9 @@ def plot_compare(run_dirs: list[str | Path], out: str | Path) -> list[str]:
     from charwise import checkpoint
 
     settings = []
-    for run in run_dirs:
-        _, meta = checkpoint.load(Path(run) / "final.npz")
+    for run in run_dirs:  # a run stopped before its end has no final.npz yet
+        final = Path(run) / "final.npz"
+        _, meta = checkpoint.load(final if final.exists() else Path(run) / "checkpoint.npz")
         curve = {k: v for k, v in meta["config"].items() if k not in UNPLOTTED}
         settings.append({"corpus": meta["corpus"]["name"], **curve})
     keys = [k for k in settings[0] if len({json.dumps(s.get(k)) for s in settings}) > 1]
@@ -130,6 +152,6 @@ def plot_compare(run_dirs: list[str | Path], out: str | Path) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out)
+    save(fig, out)
     plt.close(fig)
     return labels

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charwise import safeio
 from charwise.errors import CharwiseError
 from charwise.figures import plot_compare, plot_overfit, plot_run  # noqa: F401 (compare: old home)
 from charwise.rundir import read_eval, read_metrics  # noqa: F401  (read_metrics: old home)
@@ -135,9 +136,12 @@ def make_report(
 
     out = Path(out)
     t_start = time.perf_counter()
-    trainer = Trainer(corpus, config, out)  # checks the settings before the long steps
+    from charwise.corpus import source_of
+
+    # checks the settings before the long steps; records how to read the corpus again
+    trainer = Trainer(corpus, config, out, source_of(source, loader or {}))
+    trainer.lock.acquire()  # the report's directory is this process's (run() releases it)
     trainer.refuse_existing_run()
-    out.mkdir(parents=True, exist_ok=True)
     if updates is None and minutes is None:
         updates = default_updates(trainer.schedule.per_epoch)
 
@@ -196,7 +200,7 @@ def make_report(
             "wall_s": time.perf_counter() - t_start,
         },
     }
-    (out / REPORT_FILE).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    safeio.write_text(out / REPORT_FILE, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     return build_report(out)
 
 
@@ -227,6 +231,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     from charwise.rundir import read_samples
 
     run = Path(run_dir)
+    rundir.refuse_links(run)
     data = load_report_data(run)
     try:
         samples = read_samples(run / "samples.txt")
@@ -253,6 +258,6 @@ def build_report(run_dir: str | Path) -> tuple[Path, Path]:
     doc = render.document(data, samples, passage, best, final, MIN_EPOCHS, evals, val_passage)
     figures = {name: (run / name).read_bytes() for name in ("loss.png", "overfit.png")}
     md, page = run / "report.md", run / "report.html"
-    md.write_text(render.markdown(doc), encoding="utf-8")
-    page.write_text(render.html(doc, figures), encoding="utf-8")
+    safeio.write_text(md, render.markdown(doc))
+    safeio.write_text(page, render.html(doc, figures))
     return md, page

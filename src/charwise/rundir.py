@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charwise import safeio
 from charwise.errors import CharwiseError
 
 CHECKPOINT = "checkpoint.npz"  # the resumable training state (final.npz: the model)
@@ -25,15 +26,71 @@ EVAL_COLUMNS = ("update", "epoch", "train_nats", "val_nats", "val_bits", "wall_s
 EVAL_HEADER = ",".join(EVAL_COLUMNS)
 
 
+LOCK = ".lock"  # held (flock) by the process that runs in the directory
+REPORT_FILES = ("report.json", "report.md", "report.html", "overfit.png")
+FILES = (CHECKPOINT, METRICS, SAMPLES, EVAL, FINAL, BEST, BEST_VAL, PASSAGE, VAL_PASSAGE, LOSS_PNG)
+
+
 def append(path: Path, lines: list[str]) -> None:
-    with path.open("a", encoding="utf-8", newline="") as f:
-        f.writelines(lines)
+    """Append lines to a log, never through a symlink."""
+    safeio.append(path, "".join(lines).encode("utf-8"))
 
 
 def fsync(path: Path) -> None:
     """Flush a log to the disk (before a checkpoint that covers it)."""
-    with path.open("ab") as f:
-        os.fsync(f.fileno())
+    safeio.fsync(path)
+
+
+def refuse_links(out: Path) -> None:
+    """A run directory whose files are symbolic links is refused: charwise would otherwise be
+    led to write outside it."""
+    for name in (*FILES, *REPORT_FILES, LOCK):
+        if (out / name).is_symlink():
+            raise CharwiseError(
+                f"{out / name} is a symbolic link; a run directory holds only regular files "
+                "that charwise wrote: remove the link"
+            )
+
+
+class RunLock:
+    """Exclusive ownership of a run directory for the life of one process's run: flock on
+    RUN/.lock, which holds the owner's pid. The system releases it when the process ends,
+    however it ends (a SIGKILL leaves no stale lock)."""
+
+    def __init__(self, out: Path):
+        self.out, self.fd = Path(out), None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        if self.fd is not None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        refuse_links(self.out)
+        fd = safeio.open_fd_nofollow(self.out / LOCK, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise CharwiseError(
+                f"{self.out} is in use by another charwise process (pid {holder}); wait for "
+                "it to finish or stop it, or pick another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    __del__ = release  # a trainer dropped without running (a resume only looked) frees it
 
 
 def sample_header(update: int, epoch: int, smooth: float, chars: int) -> str:
@@ -145,10 +202,7 @@ def repair_logs(out: Path, updates: int) -> None:
 
 
 def _truncate(path: Path, size: int) -> None:
-    with path.open("ab") as f:
-        f.truncate(size)
-        f.flush()
-        os.fsync(f.fileno())
+    safeio.truncate(path, size)
 
 
 def remove_stale_temporaries(out: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charwise import checkpoint, rundir
+from charwise import checkpoint, rundir, safeio
 from charwise.config import MAY_CHANGE, TrainConfig, config_from
 from charwise.corpus import Corpus, load_corpus
 from charwise.engines import get_engine, pick
@@ -91,6 +91,7 @@ class Trainer:
         self.checkpoint_wanted = False  # a listener asks for a checkpoint at this block end
         self.saved_at, self.saved_update = time.monotonic(), self.state.updates
         self.listeners = default_listeners(self, progress)
+        self.lock = rundir.RunLock(self.out)  # held from resume() or run() to run()'s end
 
     # ---- events -------------------------------------------------------------------------
     def emit(self, event: str, *args) -> None:
@@ -146,6 +147,7 @@ class Trainer:
         trainer = cls(corpus, config, out, source, progress)
         trainer._restore(arrays, meta)
         trainer.resumes.append({"update": trainer.state.updates, "changed": changed})
+        trainer.lock.acquire()  # before the logs are repaired: no other process may write
         repair_logs(out, trainer.state.updates)
         rundir.remove_stale_temporaries(out)
         return trainer
@@ -205,8 +207,15 @@ class Trainer:
         have passed (at a block end), with events at their updates; then the final files."""
         if updates is None and minutes is None:
             raise CharwiseError("give a number of updates or of minutes to train")
+        self.lock.acquire()  # one process per run directory, with its pid in the error
+        try:
+            self._run(updates, progress, minutes)
+        finally:
+            self.lock.release()
+        return self.state
+
+    def _run(self, updates: int | None, progress: bool, minutes: float | None) -> None:
         self.refuse_existing_run()
-        self.out.mkdir(parents=True, exist_ok=True)
         if not progress:
             for listener in self.listeners:
                 if hasattr(listener, "enabled"):
@@ -242,7 +251,6 @@ class Trainer:
             finally:
                 self.emit("end")
         self.finish()
-        return state
 
     def _out_of_time(self) -> bool:
         return self.minutes is not None and self.elapsed >= 60.0 * self.minutes
@@ -372,7 +380,7 @@ class Trainer:
                 state.best, h0, state.best_x0, cfg.passage_length, uniforms
             )
             text = self.corpus.vocab.decode(indices)
-        (self.out / rundir.PASSAGE).write_text(text, encoding="utf-8", newline="")
+        safeio.write_text(self.out / rundir.PASSAGE, text)
         return text
 
     def write_val_passage(self) -> str:
@@ -385,7 +393,7 @@ class Trainer:
         else:
             kw = dict(rng=rng, engine=self.engine_name)
             text = model.vocab.decode(model.sample_indices(cfg.passage_length, **kw))
-        (self.out / rundir.VAL_PASSAGE).write_text(text, encoding="utf-8", newline="")
+        safeio.write_text(self.out / rundir.VAL_PASSAGE, text)
         return text
 
     def documents(self, params, count: int, rng: np.random.Generator) -> list[str]:
