@@ -447,12 +447,20 @@ def test_mutated_members_with_valid_zip_crc(member, edits, cut, run, tmp_path):
 @settings(FUZZ, max_examples=300)
 @given(data=st.binary(max_size=2000) | st.text(max_size=500).map(str.encode))
 def test_random_corpus_bytes(data, tmp_path):
+    """Read as it is with --newline keep; by default with CR LF and CR as LF, and no BOM."""
     path = tmp_path / "corpus.txt"
     path.write_bytes(data)
     try:
-        corpus = load_corpus(path)
+        corpus = load_corpus(path, newline="keep")
     except CharwiseError as exc:
         assert "\n" not in str(exc)
         return
     text = data.decode("utf-8")
     assert corpus.vocab.decode(corpus.data) == text and "\0" not in text
+    clean = text.replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
+    try:
+        normalized = load_corpus(path)
+    except CharwiseError as exc:  # nothing left (a file of BOMs)
+        assert not clean and "is empty" in str(exc)
+        return
+    assert normalized.vocab.decode(normalized.data) == clean

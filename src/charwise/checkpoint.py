@@ -145,10 +145,13 @@ def _upgrade_1(meta: dict) -> None:
 
 
 def _upgrade_2(meta: dict) -> None:
-    """Version 2 knew only the exercise (one-layer rnn, AdaGrad, one stream) and trained on the
-    whole corpus: no held-out part."""
+    """Version 2 knew only the exercise (one-layer rnn, AdaGrad, one stream), trained on the
+    whole corpus (no held-out part) and read files as they were (no newline cleaning)."""
     if isinstance(meta.get("config"), dict):
         meta["config"].setdefault("val_fraction", 0.0)
+    corpus = meta.get("corpus")
+    if isinstance(corpus, dict) and isinstance(corpus.get("source"), dict):
+        corpus["source"].setdefault("newline", "keep")
     meta["version"] = 3
 
 

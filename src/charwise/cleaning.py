@@ -1,8 +1,11 @@
 """Cleaning steps for corpora, each counting what it removed so `charwise info` can report it.
 
 Steps run in a fixed order on batches of (text, is_retweet) pieces, where a piece is a document
-or a block of a plain text: drop retweets, HTML-unescape, strip URLs, fold to ASCII. Dropping
-rare characters (--min-char-count) needs the counts of the whole corpus and runs afterwards.
+or a block of a plain text (cut after a newline, so a CR LF pair is never split): the Project
+Gutenberg header and licence (a whole file), newlines (CR LF and a lone CR become LF), the
+byte-order mark U+FEFF, unpaired surrogates (from JSON escapes; no text encoding can write
+them), drop retweets, HTML-unescape, strip URLs, fold to ASCII. Dropping rare characters
+(--min-char-count) needs the counts of the whole corpus and runs afterwards.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 URL = re.compile(r"https?://\S+|www\.\S+")  # what --strip-urls removes
+SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate (a pair is one character)
 RETWEET_PREFIX = "RT @"  # a document starting with this is a retweet (old-style)
 # Typographic characters that NFKD leaves alone but that have an obvious ASCII spelling.
 ASCII_SPELLING = {
@@ -57,22 +61,28 @@ class Report:
     steps: list[Step]
     dropped: Counter = field(default_factory=Counter)  # non-ASCII chars removed by folding
     folded: int = 0  # non-ASCII characters replaced by an ASCII spelling
+    skipped: list[str] = field(default_factory=list)  # binary files left out of a folder
 
     def to_json(self) -> dict:
         return {
             "steps": [[s.name, s.chars_removed, s.docs_removed, s.K] for s in self.steps],
             "dropped": dict(self.dropped),
             "folded": self.folded,
+            "skipped": self.skipped,
         }
 
     @classmethod
     def from_json(cls, obj: dict) -> Report:
         steps = [Step(name, chars, docs, K=K) for name, chars, docs, K in obj["steps"]]
-        return cls(steps, Counter(obj["dropped"]), obj["folded"])
+        return cls(steps, Counter(obj["dropped"]), obj["folded"], obj.get("skipped", []))
 
     def format(self) -> str:
         """The table printed by `charwise info`."""
-        lines = [f"  {'step':<16}{'chars removed':>15}{'docs removed':>14}{'K after':>9}"]
+        lines = []
+        if self.skipped:
+            shown = ", ".join(self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
+            lines.append(f"  skipped {len(self.skipped):,} binary file(s): {shown}")
+        lines += [f"  {'step':<16}{'chars removed':>15}{'docs removed':>14}{'K after':>9}"]
         for s in self.steps:
             lines.append(f"  {s.name:<16}{s.chars_removed:>15,}{s.docs_removed:>14,}{s.K:>9,}")
         if any(s.chars_removed < 0 for s in self.steps):
@@ -106,8 +116,14 @@ class Cleaner:
         html_unescape: bool = False,
         strip_urls: bool = False,
         ascii: bool = False,
+        newlines: bool = False,
+        gutenberg: bool = False,
     ):
         self.enabled = {
+            "gutenberg": gutenberg,
+            "newlines": newlines,
+            "bom": newlines,  # both come with the file, not the text: --newline keep keeps both
+            "surrogates": True,
             "drop-retweets": drop_retweets,
             "html-unescape": html_unescape,
             "strip-urls": strip_urls,
@@ -125,6 +141,21 @@ class Cleaner:
         texts = [text for text, _ in batch]
         if record:
             self._record("read", texts, texts, 0)
+        if self.enabled["gutenberg"]:
+            from charwise.datasets import strip_gutenberg
+
+            texts = self._record_if(
+                record, "gutenberg", texts, list(map(strip_gutenberg, texts)), 0
+            )
+        if self.enabled["newlines"]:
+            out = [t.replace("\r\n", "\n").replace("\r", "\n") if "\r" in t else t for t in texts]
+            texts = self._record_if(record, "newlines", texts, out, 0)
+        if self.enabled["bom"]:
+            out = [t.replace("\ufeff", "") if "\ufeff" in t else t for t in texts]
+            texts = self._record_if(record, "bom", texts, out, 0)
+        out = [SURROGATE.sub("", t) if not t.isascii() else t for t in texts]
+        texts = self._record_if(record, "surrogates", texts, out, 0)
+        batch = [(t, rt) for t, (_, rt) in zip(texts, batch, strict=True)]
         if self.enabled["drop-retweets"]:
             keep = [text for text, rt in batch if not (rt or text.startswith(RETWEET_PREFIX))]
             self._record_if(record, "drop-retweets", texts, keep, len(texts) - len(keep))

@@ -34,12 +34,13 @@ END_CHAR = "\x03"  # default end-of-document character: U+0003 END OF TEXT, abse
 FORMATS = ("text", "lines", "json", "jsonl", "csv", "folder")
 FOLDER_MODES = ("documents", "concat")
 ERROR_MODES = ("strict", "replace", "ignore")
+NEWLINE_MODES = ("normalize", "keep")
 EXTENSIONS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 MAX_VOCAB = 1000  # a larger vocabulary is refused (K sets the cost of every update)
 MMAP_THRESHOLD = 64 * 2**20  # inputs above this many bytes are encoded once to a mapped cache
 BLOCK_BYTES = 2**20  # plain text is decoded and encoded in blocks of about this size
 BATCH_DOCS = 10_000  # documents cleaned and encoded together
-CACHE_VERSION = 2  # bump when the encoded cache layout changes
+CACHE_VERSION = 3  # bump when the encoded cache layout or the cleaning changes
 # Loader settings of a preset (the training settings of a preset live in the CLI).
 PRESETS = {
     "tweets": {"format": "json", "drop_retweets": True, "html_unescape": True, "ascii": True}
@@ -70,6 +71,15 @@ class LoadOptions:
     end_char: str = setting(
         END_CHAR, "End-of-document character, as itself or U+XXXX.", shown="U+0003"
     )
+    newline: str = setting(
+        "normalize",
+        "normalize: CR LF and a lone CR become LF and a byte-order mark is dropped; keep: as read.",
+        NEWLINE_MODES,
+    )
+    strip_gutenberg: bool = setting(
+        False, "Keep only the book between Project Gutenberg's START and END lines."
+    )
+    strict: bool = setting(False, "Refuse a folder with a binary file instead of skipping it.")
     encoding: str = setting("utf-8", "Text encoding.")
     errors: str = setting("strict", "What to do with undecodable bytes.", ERROR_MODES)
     mmap_threshold: int = setting(
@@ -322,9 +332,33 @@ def _folder_files(path: Path) -> list[Path]:
     return files
 
 
+def _is_text(path: Path, opts: LoadOptions) -> bool:
+    """Whether a file reads as text: no NUL character, and it decodes (with --errors strict)."""
+    try:
+        for _ in text_blocks(path, opts.encoding, opts.errors):
+            pass
+    except CharwiseError:
+        return False
+    return True
+
+
+def _text_files(path: Path, opts: LoadOptions) -> tuple[list[Path], list[Path]]:
+    """A folder's text files and its binary files (refused with --strict)."""
+    files = _folder_files(path)
+    binary = [f for f in files if not _is_text(f, opts)]
+    if binary and opts.strict:
+        raise CharwiseError(
+            f"{binary[0]} in folder {path} is not {opts.encoding} text (and {len(binary) - 1} "
+            "more); remove them, or drop --strict to skip binary files"
+        )
+    if len(binary) == len(files):
+        raise CharwiseError(f"folder {path} holds no text files; put text files in it")
+    return [f for f in files if f not in binary], binary
+
+
 def _folder_batches(path: Path, opts: LoadOptions) -> Iterator[list[Piece]]:
     """documents: each file one document; concat: the files one after the other, newline-joined."""
-    files = _folder_files(path)
+    files, _ = _text_files(path, opts)
     if opts.folder_mode == "documents":
         for i in range(0, len(files), BATCH_DOCS):
             batch = files[i : i + BATCH_DOCS]
@@ -339,6 +373,8 @@ def _folder_batches(path: Path, opts: LoadOptions) -> Iterator[list[Piece]]:
 
 def _source(path: Path, fmt: str, opts: LoadOptions):
     """(documents?, a function giving batches of pieces) for a file in a format."""
+    if fmt == "text" and opts.strip_gutenberg:  # the markers need the whole text
+        return False, _batched(lambda: [(read_text(path, opts.encoding, opts.errors), False)])
     if fmt == "text":
         return False, lambda: (
             [(block, False)] for block in text_blocks(path, opts.encoding, opts.errors)
@@ -366,7 +402,14 @@ def encode_pieces(
     """
     if opts.drop_retweets and not documents:
         raise CharwiseError("--drop-retweets needs a document corpus (JSON, JSONL, CSV, lines)")
-    cleaner = Cleaner(opts.drop_retweets, opts.html_unescape, opts.strip_urls, opts.ascii)
+    cleaner = Cleaner(
+        opts.drop_retweets,
+        opts.html_unescape,
+        opts.strip_urls,
+        opts.ascii,
+        newlines=opts.newline == "normalize",
+        gutenberg=opts.strip_gutenberg,
+    )
     counts = np.zeros(0x110000, dtype=np.int64)
     n_docs = 0  # documents not empty after the cleaning steps
     for batch in batches():
@@ -477,10 +520,20 @@ def load_corpus(
         hint = "use --format folder" if path.is_dir() else "give a folder or another --format"
         raise CharwiseError(f"{path} is {'a' if path.is_dir() else 'not a'} folder; {hint}")
     documents, batches = _source(path, fmt, opts)
-    files = _folder_files(path) if path.is_dir() else [path]
+    files, skipped = _text_files(path, opts) if path.is_dir() else ([path], [])
     stats = [f.stat() for f in files]
     if sum(s.st_size for s in stats) <= opts.mmap_threshold:
-        return encode_pieces(name, batches, documents, opts)
+        corpus = encode_pieces(name, batches, documents, opts)
+    else:
+        corpus = _mapped(name, path, fmt, files, stats, documents, batches, opts)
+    corpus.report.skipped = [str(f.relative_to(path)) for f in skipped]
+    return corpus
+
+
+def _mapped(name, path, fmt, files, stats, documents, batches, opts) -> Corpus:
+    """A big corpus encoded once into the cache, keyed by its files and the options."""
+    from charwise import datasets
+
     fields = asdict(opts) | {"format": fmt, "path": str(path.resolve()), "version": CACHE_VERSION}
     fields |= {
         "files": [[str(f), s.st_size, s.st_mtime_ns] for f, s in zip(files, stats, strict=True)]
