@@ -178,7 +178,7 @@ def test_sigkill_lstm_adam_batch_dropout_loses_nothing(tmp_path):
     corpus = write_corpus(tmp_path / "words.txt", n_words=400, seed=1)
     family = ["--model", "lstm", "--layers", "2", "--optimizer", "adam", "--batch", "4",
               "--dropout", "0.2", "--eval-every", "150", "--val-fraction", "0.1"]  # fmt: skip
-    updates, kills = 1200, 8
+    updates, kills = 1200, 12
 
     def command(out: Path, resume: bool) -> list[str]:
         args = cli_command(corpus, out, updates, resume)
