@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
 import sys
 import time
 from dataclasses import fields
@@ -175,7 +176,8 @@ def require_positive(**values) -> None:
 
 
 class Group(click.Group):
-    """Prints CharwiseError as one line on stderr and exits 1, without a traceback."""
+    """Prints CharwiseError as one line on stderr and exits 1, without a traceback; Ctrl-C
+    outside training (start-up, a second Ctrl-C) exits 130 with a line saying what is kept."""
 
     def invoke(self, ctx):
         try:
@@ -183,6 +185,24 @@ class Group(click.Group):
         except CharwiseError as exc:
             click.echo(f"charwise: error: {exc}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo(f"\ncharwise: interrupted{resume_hint(ctx)}", err=True)
+            sys.exit(130)
+
+
+def remember_run(ctx: click.Context, folder: Path, command: str) -> None:
+    """The run a Ctrl-C outside training would leave, and the command that continues it."""
+    ctx.meta.update({"charwise.run": folder, "charwise.resume": f"charwise {command} --resume"})
+
+
+def resume_hint(ctx: click.Context) -> str:
+    """What a Ctrl-C left: the command that continues the run, if it saved a checkpoint."""
+    from charwise.rundir import CHECKPOINT
+
+    run, command = ctx.meta.get("charwise.run"), ctx.meta.get("charwise.resume")
+    if run is not None and (Path(run) / CHECKPOINT).is_file():
+        return f"; the last checkpoint is kept. Continue with: {command} {run}"
+    return " before anything was saved"
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -219,7 +239,11 @@ def info(corpus, seq_length, val_fraction, **options):
     click.echo(f"vocabulary  {''.join(c.vocab.chars)!r}")
     per_epoch = Schedule.for_corpus(c, kw["seq_length"]).per_epoch
     click.echo(f"updates per epoch at seq length {kw['seq_length']}: {per_epoch:,}")
-    train, held = c.split(val_fraction)
+    try:
+        train, held = c.split(val_fraction)
+    except CharwiseError as exc:  # info describes the corpus; training would refuse it
+        click.echo(f"held out: {exc}")
+        return
     if held is not None:
         unit = f"{len(held.starts):,} documents, " if c.documents else ""
         per_epoch = Schedule.for_corpus(train, kw["seq_length"]).per_epoch
@@ -289,7 +313,14 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
     if resume is not None:
         if "out" in given:
             raise CharwiseError("--resume RUN_DIR is the run directory; drop --out")
-        c = load_corpus(corpus, **loader) if given & ({"corpus"} | CORPUS_KEYS) else None
+        remember_run(ctx, resume, "train")
+        options = sorted(f"--{k.replace('_', '-')}" for k in given & CORPUS_KEYS)
+        if options and "corpus" not in given:
+            raise CharwiseError(
+                f"--resume reads the corpus as the run recorded it; drop {', '.join(options)}, "
+                "or give the CORPUS with them"
+            )
+        c = load_corpus(corpus, **loader) if "corpus" in given else None
         changes = {k: v for k, v in settings.items() if k in given}
         trainer = Trainer.resume(resume, c, progress=progress, **changes)
         c, out = trainer.corpus, resume
@@ -306,6 +337,7 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
         config = TrainConfig(**settings)
         with new_run_dir(out, c) as out:
             trainer = Trainer(c, config, out, source_of(corpus, loader), progress)
+        remember_run(ctx, out, "train")
         if minutes is not None and "updates" not in given:
             updates = None  # train for the minutes given
     verb = f"resuming at update {trainer.state.updates:,}" if resume else "training"
@@ -434,21 +466,40 @@ def evaluate(ctx, model_path, corpus, engine, **options):
     default=None,
     help="Rebuild the report of this report directory without training.",
 )
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Finish the report in this directory, whose training run was stopped.",
+)
 @click.pass_context
-def report(ctx, corpus, updates, minutes, out, no_progress, overfit_cap, from_dir, **kw):
+def report(
+    ctx, corpus, updates, minutes, out, no_progress, overfit_cap, from_dir, resume_dir, **kw
+):
     """Gradient check, overfit check, training run and best passage of CORPUS, as a report.
 
     Writes OUT/report.md and a self-contained OUT/report.html. Without --updates the run
     has 100,000 updates and at least 2 epochs.
     """
-    from charwise.report import build_report, make_report
+    from charwise.report import build_report, make_report, resume_report
     from charwise.train import Interrupted
 
+    for flag, folder in (("--from", from_dir), ("--resume", resume_dir)):
+        others = given_options(ctx) - {"from_dir", "resume_dir", "no_progress"}
+        given = sorted(f"--{name.replace('_', '-')}" for name in others)
+        if folder is not None and given:
+            raise CharwiseError(f"{flag} reads the report's own settings; drop {', '.join(given)}")
+    if from_dir is not None and resume_dir is not None:
+        raise CharwiseError("give --from or --resume, not both")
     if from_dir is not None:
-        given = sorted(f"--{name.replace('_', '-')}" for name in given_options(ctx) - {"from_dir"})
-        if given:
-            raise CharwiseError(f"--from rebuilds an existing report; drop {', '.join(given)}")
         md, page = build_report(from_dir)
+    elif resume_dir is not None:
+        remember_run(ctx, resume_dir, "report")
+        try:
+            md, page = resume_report(resume_dir, progress=not no_progress, log=click.echo)
+        except Interrupted as exc:
+            report_stopped(exc, resume_dir)
     else:
         loader = loader_options(kw)  # pops the loader options (and applies a --preset)
         c = load_corpus(corpus, **loader)
@@ -457,6 +508,9 @@ def report(ctx, corpus, updates, minutes, out, no_progress, overfit_cap, from_di
             updates = None  # the protocol's length (report.default_updates), or --minutes
         try:
             with new_run_dir(out, c) as folder:
+                ctx.meta.update(
+                    {"charwise.run": folder, "charwise.resume": "charwise report --resume"}
+                )
                 md, page = make_report(
                     c,
                     config,
@@ -470,9 +524,19 @@ def report(ctx, corpus, updates, minutes, out, no_progress, overfit_cap, from_di
                     minutes=minutes,
                 )
         except Interrupted as exc:
-            click.echo(f"\ncharwise: {exc}", err=True)
-            sys.exit(128 + exc.signum)
+            report_stopped(exc, folder)
     click.echo(f"report: {md}\n        {page}")
+
+
+def report_stopped(exc, folder: Path) -> None:
+    """A report whose training run was stopped: the hint that finishes it, exit 128 + signal."""
+    name = signal.Signals(exc.signum).name
+    click.echo(
+        f"\ncharwise: stopped by {name}; checkpoint saved. Finish the report with: "
+        f"charwise report --resume {folder}",
+        err=True,
+    )
+    sys.exit(128 + exc.signum)
 
 
 @main.command()

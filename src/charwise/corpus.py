@@ -274,14 +274,26 @@ def _truthy(value) -> bool:
     return value is True or str(value).strip().lower() in ("true", "1", "yes")
 
 
-def _json_pieces(path: Path, opts: LoadOptions) -> list[Piece]:
+def _parse_json(text: str, where: str, hint: str = "", one_line: bool = False):
+    """json.loads with one-line errors: the position of a syntax error (the column only for
+    one_line, a JSON Lines line), or too deep a nesting."""
     try:
-        items = json.loads(read_text(path, opts.encoding, opts.errors))
+        return json.loads(text)
     except json.JSONDecodeError as exc:
+        at = f"column {exc.colno}" if one_line else f"line {exc.lineno}, column {exc.colno}"
+        raise CharwiseError(f"{where} is not valid JSON ({at}: {exc.msg}){hint}") from None
+    except RecursionError:
         raise CharwiseError(
-            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "for one object per line use --format jsonl"
+            f"{where} is not valid JSON for charwise: arrays or objects nested too deeply"
         ) from None
+
+
+def _json_pieces(path: Path, opts: LoadOptions) -> list[Piece]:
+    items = _parse_json(
+        read_text(path, opts.encoding, opts.errors),
+        str(path),
+        "; for one object per line use --format jsonl",
+    )
     if not isinstance(items, list):
         raise CharwiseError(f"{path} holds a JSON {type(items).__name__}, not an array of records")
     return [
@@ -293,10 +305,7 @@ def _jsonl_pieces(path: Path, opts: LoadOptions) -> list[Piece]:
     pieces = []
     for n, line in enumerate(read_text(path, opts.encoding, opts.errors).splitlines(), 1):
         if line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CharwiseError(f"{path} line {n} is not valid JSON ({exc.msg})") from None
+            obj = _parse_json(line, f"{path} line {n}", one_line=True)
             pieces.append(_record_piece(obj, f"{path} line {n}", opts.text_field))
     return pieces
 

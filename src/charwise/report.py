@@ -161,15 +161,10 @@ def make_report(
     overfit_s = time.perf_counter() - t0
     log(f"    {overfit['updates']:,} updates, mean loss {overfit['last_pass_mean_loss']:.3f}")
 
-    length = f"{updates:,} updates" if updates is not None else f"{minutes:g} minutes"
-    log(f"3/4 training: {length}, {trainer.schedule.per_epoch:,} per epoch -> {out}")
-    trainer.run(updates, progress=progress, minutes=minutes)
-    updates = trainer.state.updates
-    log("4/4 best-model passage written to best_passage.txt")
-
     data = {
         "format": FORMAT,
         "version": VERSION,
+        "complete": False,  # until the training run has ended (then: report --resume DIR)
         "source": source,
         "corpus": {
             "name": corpus.name,
@@ -181,7 +176,7 @@ def make_report(
             "sha256": corpus.fingerprint(),
             "loader": loader or {},  # the load_corpus() options (format, cleaning, ...)
         },
-        "updates": updates,
+        "target": {"updates": updates, "minutes": minutes},
         "config": asdict(config),
         "gradcheck": {
             "m": GRAD_M,
@@ -193,20 +188,46 @@ def make_report(
         },
         "overfit": overfit,
         "versions": versions(),
-        "timings": {
-            "gradcheck_s": grad_s,
-            "overfit_s": overfit_s,
-            "train_s": trainer.elapsed,
-            "wall_s": time.perf_counter() - t_start,
-        },
+        "timings": {"gradcheck_s": grad_s, "overfit_s": overfit_s},
     }
-    safeio.write_text(out / REPORT_FILE, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    _write_data(out, data)
+    return _train_and_render(trainer, data, progress, log, t_start)
+
+
+def resume_report(out: str | Path, progress: bool = True, log=print) -> tuple[Path, Path]:
+    """Finish a report whose training run was stopped: resume it to its target, render."""
+    from charwise.train import Trainer
+
+    out = Path(out)
+    data = load_report_data(out, complete=False)
+    trainer = Trainer.resume(out, progress=progress)
+    return _train_and_render(trainer, data, progress, log, time.perf_counter())
+
+
+def _train_and_render(trainer, data: dict, progress, log, t_start: float) -> tuple[Path, Path]:
+    """Step 3 (the training run, from wherever it stands) and 4, then report.json and render."""
+    out, target = trainer.out, data["target"]
+    updates, minutes = target["updates"], target["minutes"]
+    length = f"{updates:,} updates" if updates is not None else f"{minutes:g} minutes"
+    log(f"3/4 training: {length}, {trainer.schedule.per_epoch:,} per epoch -> {out}")
+    trainer.run(updates, progress=progress, minutes=minutes)
+    log("4/4 best-model passage written to best_passage.txt")
+    timings = data["timings"]
+    data |= {"complete": True, "updates": trainer.state.updates}
+    timings["train_s"] = trainer.elapsed
+    timings["wall_s"] = timings.get("wall_s", 0.0) + time.perf_counter() - t_start
+    _write_data(out, data)
     return build_report(out)
 
 
+def _write_data(out: Path, data: dict) -> None:
+    safeio.write_text(out / REPORT_FILE, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
 # ---- rendering --------------------------------------------------------------------------
-def load_report_data(run_dir: str | Path) -> dict:
-    """report.json of a report directory, with a one-line error when it is missing or foreign."""
+def load_report_data(run_dir: str | Path, complete: bool = True) -> dict:
+    """report.json of a report directory, with a one-line error when it is missing or foreign,
+    or when it is not (complete) or is (not complete) a finished report."""
     path = Path(run_dir) / REPORT_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -222,6 +243,13 @@ def load_report_data(run_dir: str | Path) -> dict:
         raise CharwiseError(
             f"{path} has report version {data.get('version')}, this charwise reads {VERSION}"
         )
+    if data.get("complete", True) != complete:
+        if complete:
+            raise CharwiseError(
+                f"the report in {run_dir} was stopped during its training run; finish it with "
+                f"charwise report --resume {run_dir}"
+            )
+        raise CharwiseError(f"the report in {run_dir} is finished; rebuild it with --from")
     return data
 
 

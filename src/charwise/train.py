@@ -207,12 +207,25 @@ class Trainer:
         have passed (at a block end), with events at their updates; then the final files."""
         if updates is None and minutes is None:
             raise CharwiseError("give a number of updates or of minutes to train")
-        self.lock.acquire()  # one process per run directory, with its pid in the error
         try:
+            self.lock.acquire()  # one process per run directory, with its pid in the error
             self._run(updates, progress, minutes)
+        except OSError as exc:  # a full disk, a read-only or vanished folder
+            raise self._write_error(exc) from None
         finally:
             self.lock.release()
         return self.state
+
+    def _write_error(self, exc: OSError) -> CharwiseError:
+        """A one-line error for a failed write that says what is kept and how to continue."""
+        where = f" ({exc.filename})" if exc.filename else ""
+        reason = f"cannot write in {self.out}: {exc.strerror or exc}{where}"
+        if (self.out / CHECKPOINT).is_file():
+            return CharwiseError(
+                f"{reason}; the last checkpoint (update {self.saved_update}) is kept: fix that and "
+                f"continue with: charwise train --resume {self.out}"
+            )
+        return CharwiseError(f"{reason}; nothing was saved: fix that or pick another --out")
 
     def _run(self, updates: int | None, progress: bool, minutes: float | None) -> None:
         self.refuse_existing_run()
