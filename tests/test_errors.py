@@ -184,3 +184,53 @@ def test_a_stopped_report_is_finished_by_report_resume(corpus_file, tmp_path):
     assert done.exit_code == 0, done.output
     assert (out / "report.md").exists()
     assert checkpoint.load(out / "final.npz")[1]["updates"] == stopped + 40
+
+
+def test_a_model_too_big_for_memory_is_refused_before_allocating(corpus_file, tmp_path):
+    start = time.perf_counter()
+    result = cli("train", corpus_file, "--out", tmp_path / "run", "--m", 200_000)
+    one_line_error(result, "rnn m = 200000 with --batch 1 --seq-length 25 needs about")
+    assert "GiB is available; use a smaller --m" in result.stderr
+    assert time.perf_counter() - start < 10 and not (tmp_path / "run").exists()
+    # the same for sizes read from a checkpoint's metadata, checked before anything is built
+    out = tmp_path / "small"
+    assert cli("train", corpus_file, "--out", out, "--updates", 5, *SMALL).exit_code == 0
+    arrays, meta = checkpoint.load(out / "checkpoint.npz")
+    meta["config"]["m"] = 200_000
+    checkpoint.save(out / "checkpoint.npz", arrays, meta, kind="checkpoint")
+    one_line_error(cli("train", "--resume", out, "--updates", 9), "needs about")
+
+
+MEMORY_PEAK = """
+import io, json, resource, sys, zipfile
+import numpy as np
+from charwise import checkpoint
+n, path = 2**26, sys.argv[1]  # 256 MiB of float32 zeros, deflated to a small file
+with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False,
+                                               "shape": (n,)})
+    with zf.open("b.npy", "w", force_zip64=True) as f:
+        f.write(head.getvalue())
+        for _ in range(16):
+            f.write(bytes(n // 4))
+    meta = {"format": "charwise-checkpoint", "version": 3, "kind": "model"}
+    m = io.BytesIO()
+    np.lib.format.write_array(m, np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    zf.writestr("__meta__.npy", m.getvalue())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+arrays, _ = checkpoint.load(path)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(arrays["b"].nbytes, (after - before) * 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_read_with_one_copy_in_memory(tmp_path):
+    """A crafted 256 MiB array (a small deflated file) costs its own size, not a multiple."""
+    script = tmp_path / "peak.py"
+    script.write_text(MEMORY_PEAK)
+    run = subprocess.run([sys.executable, str(script), str(tmp_path / "big.npz")], env=env(),
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    size, grown = map(int, run.stdout.split())
+    assert size == 2**28 and grown < 1.25 * size, (size, grown)

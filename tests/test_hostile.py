@@ -237,7 +237,12 @@ MODEL_CASES = [
         "lacks parameter arrays ['W']",
         "holds arrays",
     ),  # fmt: skip
-    ("extra-array", dict(change=set_array("evil", np.zeros(3))), None, "holds arrays"),
+    (
+        "extra-array",  # refused before any array is read (issue 13)
+        dict(change=set_array("evil", np.zeros(3))),
+        "unexpected arrays ['evil']",
+        "holds arrays",
+    ),  # fmt: skip
     (
         "vocab-unsorted",
         dict(meta_change=first_meta_change("vocab", {"chars": "ba"})),

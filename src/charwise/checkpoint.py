@@ -21,6 +21,7 @@ META_KEY = "__meta__"  # the JSON metadata, stored as a uint8 array of UTF-8 byt
 MAX_BYTES = 2 * 1024**3  # most bytes a checkpoint may hold or unpack to (zip-bomb guard)
 DTYPES = ("<f8", ">f8", "<f4", ">f4", "|u1")  # array types charwise writes; nothing else loads
 COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # both read with bounded output
+HEADER_BYTES = 1 << 16  # a .npy header must fit in the first 64 KiB of its member
 
 
 def save(path: str | Path, arrays: dict[str, np.ndarray], meta: dict, kind: str = "model") -> None:
@@ -33,11 +34,15 @@ def save(path: str | Path, arrays: dict[str, np.ndarray], meta: dict, kind: str 
     write_atomic(path, lambda f: np.savez(f, **payload))
 
 
-def load(path: str | Path, max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.ndarray], dict]:
+def load(
+    path: str | Path, max_bytes: int = MAX_BYTES, accept=None
+) -> tuple[dict[str, np.ndarray], dict]:
     """Arrays and metadata from a checkpoint; never unpickles; one-line errors when broken.
 
     Every size is checked against `max_bytes` from the zip directory and the .npy headers
-    before anything is decompressed or allocated (zip bombs, crafted shapes).
+    before anything is decompressed or allocated (zip bombs, crafted shapes); each array is
+    read straight into its own memory. accept(meta) -> set of names: read the metadata first
+    and refuse any other array before reading one.
     """
     path = Path(path)
     what = f"{path} is not a charwise checkpoint"
@@ -46,6 +51,16 @@ def load(path: str | Path, max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.nda
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             _check_directory(infos, size, max_bytes, what)
+            if accept is not None:  # the metadata first: it says which arrays may follow
+                metas = [info for info in infos if info.filename == META_KEY + ".npy"]
+                meta = _read_meta(_read_npy(zf, metas[0], what) if metas else None, what)
+                known = accept(meta) | {META_KEY}
+                unknown = sorted(i.filename[:-4] for i in infos if i.filename[:-4] not in known)
+                if unknown:
+                    raise CharwiseError(
+                        f"{what}: it holds unexpected arrays {unknown[:5]}; "
+                        "point to a model written by charwise"
+                    )
             arrays = {info.filename[:-4]: _read_npy(zf, info, what) for info in infos}
     except FileNotFoundError:
         raise CharwiseError(f"checkpoint not found: {path}") from None
@@ -81,38 +96,45 @@ def _check_directory(infos: list[zipfile.ZipInfo], size: int, max_bytes: int, wh
 
 
 def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, what: str) -> np.ndarray:
-    """One .npy member: header checked (plain numeric dtype, size matches) before the data."""
+    """One .npy member: header checked (plain numeric dtype, size matches) before the data,
+    which is read straight into the array (one copy in memory, in blocks of 1 MiB)."""
+    name = info.filename[:-4]
     with zf.open(info) as member:
-        chunks, left = [], info.file_size
-        while left > 0:  # bounded reads: the declared size caps what is decompressed
-            chunk = member.read(min(left, 1 << 20))
+        head = member.read(min(info.file_size, HEADER_BYTES))
+        f = io.BytesIO(head)
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+        try:
+            shape, fortran, dtype = read_header(f)
+        except (SyntaxError, TokenError, TypeError, RecursionError, MemoryError) as exc:
+            raise ValueError("unreadable .npy header") from exc  # numpy's parser, fed garbage
+        if dtype.hasobject:
+            raise CharwiseError(
+                f"{what}: array {name} holds pickled objects, which charwise never loads"
+            )
+        if dtype.str not in DTYPES:
+            raise CharwiseError(f"{what}: array {name} has dtype {dtype}, not one charwise writes")
+        start = f.tell()
+        size = math.prod(shape) * dtype.itemsize if all(d >= 0 for d in shape) else -1
+        if size != info.file_size - start:
+            raise CharwiseError(f"{what}: array {name} claims shape {shape} but holds other data")
+        raw = np.empty(size, dtype=np.uint8)
+        got = len(head) - start
+        raw[:got] = np.frombuffer(head, np.uint8, offset=start)
+        while got < size:  # the declared size caps what is decompressed
+            chunk = member.read(min(size - got, 1 << 20))
             if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
+                raise EOFError
+            raw[got : got + len(chunk)] = np.frombuffer(chunk, np.uint8)
+            got += len(chunk)
         if member.read(1):
             raise zipfile.BadZipFile("member longer than declared")
-    f = io.BytesIO(b"".join(chunks))
-    version = np.lib.format.read_magic(f)
-    if version not in ((1, 0), (2, 0)):
-        raise ValueError(f"unsupported .npy version {version}")
-    read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
-    try:
-        shape, fortran, dtype = read_header(f)
-    except (SyntaxError, TokenError, TypeError, RecursionError, MemoryError) as exc:
-        raise ValueError("unreadable .npy header") from exc  # numpy's parser, fed garbage
-    name = info.filename[:-4]
-    if dtype.hasobject:
-        raise CharwiseError(
-            f"{what}: array {name} holds pickled objects, which charwise never loads"
-        )
-    if dtype.str not in DTYPES:
-        raise CharwiseError(f"{what}: array {name} has dtype {dtype}, not one charwise writes")
-    data = f.read()
-    if any(d < 0 for d in shape) or len(data) != math.prod(shape) * dtype.itemsize:
-        raise CharwiseError(f"{what}: array {name} claims shape {shape} but holds other data")
-    a = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
-    return a.astype(dtype.newbyteorder("="))  # a native-order, writable copy
+    a = raw.view(dtype).reshape(shape, order="F" if fortran else "C")
+    if not dtype.isnative:
+        a = a.byteswap(inplace=True).view(dtype.newbyteorder("="))
+    return a
 
 
 def _read_meta(raw: np.ndarray | None, what: str) -> dict:

@@ -11,7 +11,7 @@ from charwise.engines import get_engine, why_not
 from charwise.errors import CharwiseError
 from charwise.models import FAMILIES, SIG, ModelSpec, cell
 from charwise.params import Params
-from charwise.state import check_model_arrays
+from charwise.state import check_model_arrays, model_shapes
 from charwise.vocab import Vocab
 
 DOC_SEPARATOR = "\n---\n"  # between documents (or passages) printed together
@@ -108,7 +108,7 @@ class CharModel:
     @classmethod
     def load(cls, path: str | Path) -> tuple[CharModel, dict[str, np.ndarray]]:
         """The model and any extra arrays stored with it (training state)."""
-        arrays, meta = checkpoint.load(path)
+        arrays, meta = checkpoint.load(path, accept=lambda meta: known_names(meta, path))
         vocab = Vocab.from_json(meta.get("vocab"))
         family, layers = _model_meta(meta, path)
         spec_names = ModelSpec(family, K=1, m=1, layers=layers).names()
@@ -129,6 +129,12 @@ class CharModel:
         if type(x0) is not int or not 0 <= x0 < len(vocab):
             raise CharwiseError(f"{path}: start character {x0!r} is not in the vocabulary")
         return cls(vocab, params, meta), arrays
+
+
+def known_names(meta: dict, path) -> set[str]:
+    """Every array name a model file of this family and depth may hold."""
+    family, layers = _model_meta(meta, path)
+    return set(model_shapes(ModelSpec(family, K=1, m=1, layers=layers), None))
 
 
 def _model_meta(meta: dict, path) -> tuple[str, int]:

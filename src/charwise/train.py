@@ -5,6 +5,7 @@ bar, logs, samples, evaluation and checkpoints are listeners (events.py)."""
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -65,8 +66,9 @@ class Trainer:
         self.engine_name = pick(
             config.engine, self.spec, config.optimizer, config.batch, config.dropout, config.dtype
         )
-        self.engine = get_engine(self.engine_name)
         self.optimizer = make_optimizer(config.optimizer, config.eta, config.clip, config.alpha)
+        check_memory(self.spec, config, len(self.optimizer.slots))  # before allocating any
+        self.engine = get_engine(self.engine_name)
         tau, seed = config.seq_length, config.seed
         self.schedule = make_schedule(self.train_corpus, tau, config.batch, config.chunks, seed)
         dtype = np.dtype(config.dtype)
@@ -414,6 +416,38 @@ class Trainer:
         model = CharModel(self.corpus.vocab, params)
         cfg = self.config
         return model.sample_documents(count, cfg.max_length, rng=rng, engine=self.engine_name)
+
+
+def memory_needed(spec: ModelSpec, config: TrainConfig, slots: int) -> int:
+    """Bytes a run holds about at once: parameters, optimiser slots, gradients and the best
+    copy, and the activations of one update (every step, layer and gate, kept for BPTT)."""
+    n = sum(math.prod(shape) for shape in spec.shapes().values())
+    item = np.dtype(config.dtype).itemsize
+    steps = config.batch * config.seq_length * spec.layers * spec.m
+    return n * (3 + slots) * item + steps * (spec.cell.GATES + 3) * 8 + spec.K * 8 * steps // spec.m
+
+
+def available_memory() -> int:
+    """MemAvailable of /proc/meminfo, else the machine's physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(spec: ModelSpec, config: TrainConfig, slots: int) -> None:
+    """A one-line error, before anything is allocated, when the run cannot fit in memory."""
+    needed, free = memory_needed(spec, config, slots), available_memory()
+    if needed > free:
+        raise CharwiseError(
+            f"{spec.describe()} with --batch {config.batch} --seq-length {config.seq_length} "
+            f"needs about {needed / 2**30:,.1f} GiB of memory, and {free / 2**30:,.1f} GiB is "
+            "available; use a smaller --m, --layers or --batch"
+        )
 
 
 class _stop_on_signals:
