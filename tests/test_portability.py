@@ -17,7 +17,7 @@ from charwise.cli import main
 from charwise.corpus import load_corpus
 from charwise.errors import CharwiseError
 from charwise.model import CharRNN
-from charwise.train import CHECKPOINT, Trainer
+from charwise.train import CHECKPOINT, Trainer, read_samples
 from charwise.vocab import Vocab
 from runs import small_config, write_corpus
 
@@ -158,8 +158,17 @@ def test_format_2_run_loads_samples_and_resumes_exactly(tmp_path):
     Trainer(corpus, small_config("reference", print_every=7, sample_every=20), fresh).run(
         60, progress=False
     )
-    for name in ("metrics.csv", "samples.txt", "best_passage.txt"):
+    for name in ("metrics.csv", "best_passage.txt"):
         assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+    # samples.txt: the same samples; format 2 wrote the smooth loss in full (and "nan" before
+    # update 1), this charwise with 4 decimals
+    old, new = read_samples(out / "samples.txt"), read_samples(fresh / "samples.txt")
+    assert [(s["update"], s["epoch"], s["text"]) for s in old] == [
+        (s["update"], s["epoch"], s["text"]) for s in new
+    ]
+    for a, b in zip(old, new, strict=True):
+        assert np.isnan(a["smooth_loss"]) == np.isnan(b["smooth_loss"])
+        assert np.isnan(b["smooth_loss"]) or round(a["smooth_loss"], 4) == b["smooth_loss"]
     old, new = checkpoint.load(out / CHECKPOINT)[0], checkpoint.load(fresh / CHECKPOINT)[0]
     assert old.keys() == new.keys()
     for key, a in old.items():

@@ -35,7 +35,7 @@ def save(path: str | Path, arrays: dict[str, np.ndarray], meta: dict, kind: str 
 
 
 def load(
-    path: str | Path, max_bytes: int = MAX_BYTES, accept=None
+    path: str | Path, max_bytes: int = MAX_BYTES, accept=None, only_meta: bool = False
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Arrays and metadata from a checkpoint; never unpickles; one-line errors when broken.
 
@@ -54,6 +54,8 @@ def load(
             if accept is not None:  # the metadata first: it says which arrays may follow
                 metas = [info for info in infos if info.filename == META_KEY + ".npy"]
                 meta = _read_meta(_read_npy(zf, metas[0], what) if metas else None, what)
+                if only_meta:
+                    return {}, meta
                 known = accept(meta) | {META_KEY}
                 unknown = sorted(i.filename[:-4] for i in infos if i.filename[:-4] not in known)
                 if unknown:
@@ -76,6 +78,11 @@ def load(
         raise CharwiseError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     meta = _read_meta(arrays.pop(META_KEY, None), what)
     return arrays, meta
+
+
+def read_meta(path: str | Path, max_bytes: int = MAX_BYTES) -> dict:
+    """The metadata of a checkpoint without reading its arrays (listing runs)."""
+    return load(path, max_bytes, accept=lambda meta: set(), only_meta=True)[1]
 
 
 def _check_directory(infos: list[zipfile.ZipInfo], size: int, max_bytes: int, what: str) -> None:

@@ -15,7 +15,7 @@ import click
 from charwise.config import ENGINE_CHOICES, TrainConfig
 from charwise.corpus import BUILTIN, PRESETS, LoadOptions, load_corpus, source_of
 from charwise.errors import CharwiseError
-from charwise.models import FAMILIES
+from charwise.models import FAMILIES, ModelSpec
 from charwise.report import OVERFIT_CAP
 from charwise.settings import kind
 
@@ -55,6 +55,7 @@ corpus_options = options_of(LoadOptions) + [
         "samples of at most 140 characters (options given explicitly win).",
     ),
 ]
+GRADCHECK_QUIET = 20_000  # gradcheck says how much work it is above this many entries
 # Training settings of a preset (its loader settings are corpus.PRESETS).
 TRAIN_PRESETS = {"tweets": {"seq_length": 10, "max_length": 140}}
 
@@ -271,7 +272,21 @@ def gradcheck(corpus, m, step, seq_length, sig, seed, threshold, model, layers, 
 
     require_positive(m=m, h=step, seq_length=seq_length, sig=sig, layers=layers, batch=batch)
     c = load_from_options(corpus, options)
-    rows = gradcheck_corpus(c, m, step, seq_length, sig, seed, model, layers, batch)
+    spec = ModelSpec(model, K=len(c.vocab), m=m, layers=layers)
+    entries = sum(math.prod(shape) for shape in spec.shapes().values())
+    bar = None
+    if entries > GRADCHECK_QUIET:  # minutes of work: say so, and show progress on a terminal
+        click.echo(f"checking {entries:,} entries, two forward passes each", err=True)
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=entries, unit="entry", dynamic_ncols=True, leave=False)
+    progress = bar.update if bar is not None else None
+    try:
+        rows = gradcheck_corpus(c, m, step, seq_length, sig, seed, model, layers, batch, progress)
+    finally:
+        if bar is not None:
+            bar.close()
     by = measure(model, layers)
     click.echo(format_table(rows, by))
     error = worst(rows, by)
@@ -293,7 +308,7 @@ def gradcheck(corpus, m, step, seq_length, sig, seed, threshold, model, layers, 
 )
 @click.pass_context
 def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
-    """Train on CORPUS (a file, folder, download or python-docs) with the SPEC.md protocol.
+    """Train on CORPUS (a file, folder, download or python-docs); the README's protocol.
 
     \b
     RUN_DIR/checkpoint.npz is rewritten (atomically) every --checkpoint-every updates, every
@@ -391,7 +406,8 @@ def bench(corpus, encoding, errors, m, seq_length, repeats):
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path), metavar="MODEL")
+@click.argument("checkpoint", type=click.Path(path_type=Path), metavar="[MODEL]", required=False)
+@click.option("--latest", is_flag=True, help="The latest run in runs/ (its recommended model).")
 @click.option(
     "--length",
     default=None,
@@ -404,14 +420,18 @@ def bench(corpus, encoding, errors, m, seq_length, repeats):
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass (0, 1].")
 @click.option("--seed", default=None, type=int, help="Seed; the same seed gives the same text.")
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto", show_default=True)
-def sample(checkpoint, length, count, prime, temperature, top_p, seed, engine):
+def sample(checkpoint, latest, length, count, prime, temperature, top_p, seed, engine):
     """Generate text from a model (.npz), or from a run directory's recommended model
     (best-val.npz, else best.npz); document models stop at the end character."""
     import numpy as np
 
+    from charwise import rundir
     from charwise.model import DOC_SEPARATOR, CharModel
 
     require_positive(length=length, count=count)
+    if (checkpoint is None) == (not latest):
+        raise CharwiseError("give a MODEL (a .npz or a run directory) or --latest")
+    checkpoint = rundir.latest(Path("runs")) if latest else checkpoint
     model, _ = CharModel.load(recommended_model(checkpoint))
     rng = np.random.default_rng(seed)
     kw = dict(temperature=temperature, top_p=top_p, engine=engine, rng=rng)
@@ -537,6 +557,34 @@ def report_stopped(exc, folder: Path) -> None:
         err=True,
     )
     sys.exit(128 + exc.signum)
+
+
+@main.command()
+@click.argument("folder", default="runs", type=click.Path(path_type=Path))
+def runs(folder):
+    """The run directories in FOLDER: model, updates, status, best validation, training time."""
+    from charwise import rundir
+
+    if not folder.is_dir():
+        raise CharwiseError(f"{folder} is not a folder; give the folder that holds your runs")
+    rows = [r for p in sorted(folder.iterdir()) if (r := rundir.describe(p)) is not None]
+    if not rows:
+        click.echo(f"no runs in {folder}")
+        return
+    click.echo(
+        f"{'run':34} {'model':14} {'opt':8} {'updates':>9} {'target':>9} {'val b/c':>8} "
+        f"{'status':9} {'train':>8}"
+    )
+    for r in sorted(rows, key=lambda r: r.get("modified", 0)):
+        if r["status"] == "unreadable":
+            click.echo(f"{r['run'][:34]:34} (unreadable checkpoint)")
+            continue
+        target = f"{r['target']:,}" if isinstance(r["target"], int) else r["target"]
+        val = "-" if math.isnan(r["val_bits"]) else f"{r['val_bits']:.3f}"
+        click.echo(
+            f"{r['run'][:34]:34} {r['model'][:14]:14} {r['optimizer'][:8]:8} "
+            f"{r['updates']:>9,} {target:>9} {val:>8} {r['status']:9} {r['train_s']:>7.0f}s"
+        )
 
 
 @main.command()

@@ -21,6 +21,9 @@ import numpy as np
 from charwise import rundir, safeio
 from charwise.model import DOC_SEPARATOR
 
+LOG_SHARE = 0.01  # without a terminal: a log line at most every 1% of the run ...
+LOG_SECONDS = 30.0  # ... unless this many seconds have passed since the last one
+
 
 class MetricsLog:
     """metrics.csv: one row per update (update, epoch, loss, smooth loss)."""
@@ -152,16 +155,20 @@ class LossFigure:
 
 
 class Progress:
-    """A progress bar on a terminal (updates, ETA, loss, val bits/char, chars/s); elsewhere a
-    log line every print_every updates."""
+    """A progress bar on a terminal (updates, ETA, epoch, smooth loss, val bits/char, chars/s
+    of training alone, within 80 columns); elsewhere a log line at a multiple of print_every,
+    at most every 1% of the run (of its updates, or of its minutes) unless 30 s have passed."""
 
     def __init__(self, enabled: bool = True):
         self.enabled, self.bar, self.val_bits = enabled, None, None
+        self.logged = (0, 0.0)  # update and time of the last log line
 
     def intervals(self, trainer) -> tuple[int, ...]:
         return (trainer.config.print_every,)
 
     def on_begin(self, trainer, total: int | None) -> None:
+        self.total, self.logged = total, (trainer.state.updates, time.monotonic())
+        self.started = time.monotonic()
         if self.enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -171,25 +178,38 @@ class Progress:
                 unit="upd",
                 dynamic_ncols=True,
                 smoothing=0.1,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
             )
 
     def on_step(self, trainer, update: int) -> None:
         cfg = trainer.config
         if update % cfg.print_every:
             return
-        chars = update * cfg.seq_length * cfg.batch
-        facts = dict(
-            epoch=trainer.schedule.epoch(update),
-            smooth_loss=f"{trainer.state.smooth_loss:.3f}",
-            chars_per_s=f"{chars / max(trainer.elapsed, 1e-9):,.0f}",
-        )
-        if self.val_bits is not None:
-            facts["val_bits"] = f"{self.val_bits:.3f}"
+        rate = update * cfg.seq_length * cfg.batch / max(trainer.elapsed, 1e-9)
+        epoch = trainer.schedule.epoch(update)
+        smooth = trainer.state.smooth_loss
         if self.bar is not None:
-            self.bar.set_postfix(facts, refresh=False)
+            val = f" val {self.val_bits:.3f}b" if self.val_bits is not None else ""
+            self.bar.set_postfix_str(f"ep {epoch} loss {smooth:.2f}{val} {rate:,.0f}c/s", False)
             self.bar.update(update - self.bar.n)
-        else:
+            return
+        if self._due(trainer, update):
+            facts = dict(epoch=epoch, smooth_loss=f"{smooth:.3f}", chars_per_s=f"{rate:,.0f}")
+            if self.val_bits is not None:
+                facts["val_bits"] = f"{self.val_bits:.3f}"
             print(f"update {update} " + " ".join(f"{k} {v}" for k, v in facts.items()))
+            self.logged = (update, time.monotonic())
+
+    def _due(self, trainer, update: int) -> bool:
+        """A log line now: 1% of the run since the last one, or 30 s, or the last update."""
+        last, when = self.logged
+        now = time.monotonic()
+        if now - when >= LOG_SECONDS or update == self.total:
+            return True
+        if self.total:
+            return update - last >= LOG_SHARE * self.total
+        minutes = trainer.minutes
+        return bool(minutes) and now - when >= LOG_SHARE * 60 * minutes
 
     def on_evaluated(self, trainer, row: dict) -> None:
         self.val_bits = row["val_bits"]

@@ -61,12 +61,18 @@ def excess_losses(params: Params, x, y, h0, lengths=None, masks=None) -> np.ndar
     return excess / B
 
 
-def numerical_grads(params: Params, x, y, h0, h: float = 1e-4, lengths=None, masks=None):
-    """(f(theta + h) - f(theta - h)) / 2h for every entry of every parameter, in float64."""
+def numerical_grads(
+    params: Params, x, y, h0, h: float = 1e-4, lengths=None, masks=None, progress=None
+):
+    """(f(theta + h) - f(theta - h)) / 2h for every entry of every parameter, in float64.
+
+    progress: called with the number of entries done after each parameter's entries."""
     grads = Params.zeros_like(params)
     for theta, g in zip(params.arrays(), grads.arrays(), strict=True):
         flat, gflat = theta.reshape(-1), g.reshape(-1)
         for i in range(flat.size):
+            if progress is not None:
+                progress(1)
             old = flat[i]
             flat[i] = old + h
             up = excess_losses(params, x, y, h0, lengths, masks)
@@ -77,7 +83,9 @@ def numerical_grads(params: Params, x, y, h0, h: float = 1e-4, lengths=None, mas
     return grads
 
 
-def gradcheck(params: Params, x, y, h0=None, h: float = 1e-4, lengths=None, masks=None):
+def gradcheck(
+    params: Params, x, y, h0=None, h: float = 1e-4, lengths=None, masks=None, progress=None
+):
     """One row per parameter comparing reference.loss_and_grads with numerical_grads.
 
     x, y: (T,) for one stream or (T, B) for B streams; h0: None (zeros), an h, or a state tuple.
@@ -87,7 +95,7 @@ def gradcheck(params: Params, x, y, h0=None, h: float = 1e-4, lengths=None, mask
         _, analytic, _ = reference.loss_and_grads(params, x, y, h0)
     else:
         _, analytic, _ = reference.loss_and_grads(params, x, y, h0, lengths, masks)
-    numeric = numerical_grads(params, x, y, h0, h, lengths, masks)
+    numeric = numerical_grads(params, x, y, h0, h, lengths, masks, progress)
     rows = []
     for (name, ga), gn in zip(analytic.items(), numeric.arrays(), strict=True):
         diff = np.abs(ga - gn)
@@ -109,7 +117,16 @@ def format_table(rows: list[GradRow], by: str = "max_rel") -> str:
 
 
 def gradcheck_corpus(
-    corpus, m=5, h=1e-4, seq_length=25, sig=0.01, seed=1, model="rnn", layers=1, batch=1
+    corpus,
+    m=5,
+    h=1e-4,
+    seq_length=25,
+    sig=0.01,
+    seed=1,
+    model="rnn",
+    layers=1,
+    batch=1,
+    progress=None,
 ) -> list[GradRow]:
     """The check of SPEC.md: a fresh m-unit network on the first chunk of each of `batch`
     streams (for one stream: the first seq_length -> +1 characters), from a zero state."""
@@ -120,7 +137,8 @@ def gradcheck_corpus(
     if batch == 1:
         Schedule(len(corpus), seq_length)  # refuses a corpus shorter than one sequence
         data = corpus.data[: seq_length + 1].astype(np.int64)  # not a copy of a big corpus
-        return gradcheck(params, data[:seq_length], data[1 : seq_length + 1], None, h)
+        x, y = data[:seq_length], data[1 : seq_length + 1]
+        return gradcheck(params, x, y, None, h, progress=progress)
     starts, lengths, _ = Streams(corpus, seq_length, batch).block(0, 1)
     X, Y = reference.chunk_arrays(np.asarray(corpus.data), starts[0], lengths[0])
-    return gradcheck(params, X, Y, None, h, lengths[0])
+    return gradcheck(params, X, Y, None, h, lengths[0], progress=progress)

@@ -4,6 +4,7 @@ repairing them on resume (the checkpoint is the truth)."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -94,7 +95,10 @@ class RunLock:
 
 
 def sample_header(update: int, epoch: int, smooth: float, chars: int) -> str:
-    return f"--- update {update}, epoch {epoch}, loss {smooth!r}, chars {chars} ---"
+    """The line above a training sample: its update, epoch, smooth loss ('-' before the
+    first update) and length (which read_samples needs)."""
+    loss = "-" if math.isnan(smooth) else f"{smooth:.4f}"
+    return f"--- update {update}, epoch {epoch}, loss {loss}, chars {chars} ---"
 
 
 def _sample_records(raw: str):
@@ -108,7 +112,7 @@ def _sample_records(raw: str):
             parts = raw[pos:end].strip("- ").split(", ")
             rec = dict(part.split(" ", 1) for part in parts)
             n, update, epoch = int(rec["chars"]), int(rec["update"]), int(rec["epoch"])
-            smooth = float(rec["loss"])
+            smooth = math.nan if rec["loss"] == "-" else float(rec["loss"])
         except (ValueError, KeyError):
             return
         text, after = raw[end + 1 : end + 1 + n], end + 1 + n
@@ -209,3 +213,68 @@ def remove_stale_temporaries(out: Path) -> None:
     """Temporary files left by a kill in the middle of a save."""
     for stale in out.glob(".*.npz.*.tmp"):
         stale.unlink()
+
+
+def is_running(out: Path) -> bool:
+    """Whether a process holds the run directory (its lock is taken)."""
+    import fcntl
+
+    try:
+        fd = safeio.open_fd_nofollow(out / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def describe(out: Path) -> dict | None:
+    """What `charwise runs` shows of a run directory (None: not a run). Status: running (a
+    process holds it), finished (its final files match its checkpoint and it reached its
+    target), stopped (Ctrl-C, a kill, a divergence: resume it)."""
+    from charwise import checkpoint
+
+    if not (out / CHECKPOINT).is_file():
+        return None
+    try:
+        meta = checkpoint.read_meta(out / CHECKPOINT)
+        config = meta["config"]
+        updates, target = meta["updates"], meta.get("target_updates") or 0
+        minutes = meta.get("target_minutes")
+        seconds = float(meta.get("train_seconds", 0.0))
+    except (CharwiseError, KeyError, TypeError, ValueError):
+        return {"run": out.name, "status": "unreadable"}
+    done = updates >= target if target else bool(minutes) and seconds >= 60 * minutes
+    final = out / FINAL
+    status = "running" if is_running(out) else "stopped"
+    if status == "stopped" and done and final.is_file():
+        status = (
+            "finished" if final.stat().st_mtime >= (out / CHECKPOINT).stat().st_mtime else status
+        )
+    best = meta.get("best_val") or {}
+    layers = config.get("layers", 1)
+    model = f"{layers}x" if layers > 1 else ""
+    return {
+        "run": out.name,
+        "corpus": meta.get("corpus", {}).get("name", "?"),
+        "model": f"{model}{config.get('model', 'rnn')} {config.get('m')}",
+        "optimizer": config.get("optimizer", "adagrad"),
+        "updates": updates,
+        "target": target or (f"{minutes:g} min" if minutes else "?"),
+        "val_bits": best.get("val_nats", math.nan) / math.log(2),
+        "status": status,
+        "train_s": seconds,
+        "modified": (out / CHECKPOINT).stat().st_mtime,
+    }
+
+
+def latest(folder: Path) -> Path:
+    """The run in folder whose checkpoint was written last."""
+    runs = [p for p in Path(folder).glob("*") if (p / CHECKPOINT).is_file()]
+    if not runs:
+        raise CharwiseError(f"no runs in {folder}; train one with charwise train")
+    return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime)

@@ -124,7 +124,7 @@ class Trainer:
             shown = ", ".join(f"--{k.replace('_', '-')} {changed[k][0]!r}" for k in refused)
             raise CharwiseError(
                 f"{out} was trained with {shown}; a resume keeps those settings "
-                f"(only {', '.join(MAY_CHANGE)} may change)"
+                f"(only {', '.join('--' + k.replace('_', '-') for k in MAY_CHANGE)} may change)"
             )
         config = replace(config, **changes)
         source = meta["corpus"].get("source") if isinstance(meta.get("corpus"), dict) else None
@@ -240,6 +240,7 @@ class Trainer:
         self.minutes = minutes
         limit = math.inf if updates is None else updates
         with _stop_on_signals(self):
+            self._warm_up()
             if self.fresh:
                 self.emit("start")
                 self.fresh = False
@@ -266,6 +267,19 @@ class Trainer:
             finally:
                 self.emit("end")
         self.finish()
+
+    def _warm_up(self) -> None:
+        """Compile or load the engine's kernels before the first block, so neither the speed
+        shown nor --minutes counts them; say so when it takes long (the first start)."""
+        warm_up = getattr(self.engine, "warm_up", None)
+        if warm_up is None:
+            return
+        if not self.engine.cached():
+            self.emit("message", f"compiling the {self.engine_name} engine (once, under a minute)")
+        t0 = time.perf_counter()
+        warm_up(self.config.dtype)
+        if time.perf_counter() - t0 > 5:
+            self.emit("message", f"engine ready in {time.perf_counter() - t0:.1f} s")
 
     def _out_of_time(self) -> bool:
         return self.minutes is not None and self.elapsed >= 60.0 * self.minutes

@@ -490,6 +490,35 @@ def _evaluate(b, c, U, W, V, data, runs):
 
 
 # ---- the engine interface (see engines/__init__.py) -------------------------------------------
+def cached() -> bool:
+    """Whether numba's cache holds this engine's kernels (else the first call compiles them)."""
+    folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent
+    pattern = f"**/{Path(__file__).stem}._train_block-*.nbi"
+    return any(folder.glob(pattern))
+
+
+WARM: set[str] = set()  # dtypes whose kernels this process has compiled or loaded
+
+
+def warm_up(dtype) -> None:
+    """Compile (or load from the cache) every kernel a run calls, for this dtype, on a tiny
+    model: the run's first block then measures training only."""
+    from charwise.models import ModelSpec
+
+    if str(dtype) in WARM:
+        return
+    spec = ModelSpec("rnn", K=3, m=2)
+    params = Params.init(spec, seed=0).astype(np.dtype(dtype))
+    state = TrainState.fresh(params)
+    data = np.array([0, 1, 2, 1, 0], dtype=np.uint8)
+    one = np.zeros(1, dtype=np.int64)
+    train_block(state, data, one, one + 2, np.ones(1, bool), 0.1, 1e-8, 5.0, np.empty(1))
+    sample(params, np.zeros(2), 0, 2, np.full(2, 0.5))
+    advance(params, np.zeros(2), data[:2])
+    evaluate(params, data)
+    WARM.add(str(dtype))
+
+
 def _indices(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.int64)
 

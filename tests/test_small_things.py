@@ -1,0 +1,119 @@
+"""What users notice: start-up messages, progress lines, sample headers, option names in
+errors, finding runs and their models."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import charwise
+from charwise.cli import main
+from charwise.corpus import load_corpus
+from charwise.errors import CharwiseError
+from charwise.events import Progress
+from charwise.train import Trainer, read_samples
+from runs import small_config, write_corpus
+
+SRC = str(Path(charwise.__file__).resolve().parents[1])
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def corpus_file(tmp_path) -> Path:
+    return write_corpus(tmp_path / "words.txt", n_words=400)
+
+
+@pytest.mark.slow
+def test_the_first_start_says_it_compiles_and_later_ones_do_not(corpus_file, tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    outputs = []
+    for run in ("a", "b"):
+        args = ["train", corpus_file, "--out", tmp_path / run, "--updates", 300, "--no-progress"]
+        done = subprocess.run([sys.executable, "-m", "charwise", *map(str, args)], env=env,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        outputs.append(done.stdout)
+    assert "compiling the fast engine (once, under a minute)" in outputs[0]
+    assert "compiling" not in outputs[1]
+
+
+def test_progress_bar_fits_80_columns(corpus_file, tmp_path, monkeypatch):
+    """The bar's line at the width of a classic terminal holds all its facts."""
+    from tqdm import tqdm
+
+    corpus = load_corpus(corpus_file)
+    trainer = Trainer(corpus, small_config("reference", print_every=10), tmp_path / "run")
+    trainer.run(20, progress=False)
+    progress = Progress()
+    screen = io.StringIO()
+    progress.total = 100_000
+    progress.val_bits = 2.3456
+    progress.bar = tqdm(total=100_000, file=screen, ncols=80,
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}"
+                        "{postfix}]")  # fmt: skip
+    trainer.state.smooth_loss = 123.4567
+    progress.on_step(trainer, 20)
+    progress.bar.refresh()
+    line = screen.getvalue().split("\r")[-1]
+    assert len(line) <= 80 and "loss 123.46" in line and "val 2.346b" in line, line
+
+
+def test_log_lines_at_most_every_percent(corpus_file, tmp_path, capsys):
+    corpus = load_corpus(corpus_file)
+    config = small_config("reference", print_every=10, sample_every=10**6)
+    Trainer(corpus, config, tmp_path / "run").run(5000, progress=False)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("update ")]
+    printed = [int(ln.split()[1]) for ln in lines]
+    assert printed == list(range(50, 5001, 50))  # every 1% (50 updates), not every 10
+
+
+def test_sample_headers_are_short(corpus_file, tmp_path):
+    corpus = load_corpus(corpus_file)
+    Trainer(corpus, small_config("reference"), tmp_path / "run").run(45, progress=False)
+    text = (tmp_path / "run" / "samples.txt").read_text()
+    assert text.startswith("--- update 0, epoch 1, loss -, chars 15 ---\n")
+    second = next(line for line in text.splitlines() if line.startswith("--- update 40,"))
+    loss = second.split("loss ")[1].split(",")[0]
+    assert second.startswith("--- update 40, epoch 1, loss ") and len(loss.split(".")[1]) == 4
+    samples = read_samples(tmp_path / "run" / "samples.txt")
+    assert [s["update"] for s in samples] == [0, 40] and samples[1]["smooth_loss"] > 0
+
+
+def test_errors_name_options_not_fields(corpus_file, tmp_path):
+    corpus = load_corpus(corpus_file)
+    Trainer(corpus, small_config("reference"), tmp_path / "run").run(5, progress=False)
+    with pytest.raises(CharwiseError) as err:
+        Trainer.resume(tmp_path / "run", corpus, seq_length=12)
+    message = str(err.value)
+    assert "--seq-length 10" in message and "--print-every" in message
+    assert "seq_length" not in message and "print_every" not in message
+    help_text = cli("train", "--help").output
+    assert "SPEC.md" not in help_text
+
+
+def test_runs_lists_status_and_sample_latest(corpus_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ["--engine", "reference", "--m", 8, "--no-progress", "--val-fraction", 0.1]
+    assert cli("train", corpus_file, "--out", "runs/done", "--updates", 30, *common).exit_code == 0
+    corpus = load_corpus(corpus_file)
+    stopped = Trainer.resume(Path("runs/done"), corpus)
+    del stopped  # a resume that did not run leaves the run as it was
+    assert cli("train", corpus_file, "--out", "runs/later", "--updates", 60, *common).exit_code == 0
+    (Path("runs/later") / "final.npz").unlink()  # as if killed after its last checkpoint
+    listing = cli("runs").output.splitlines()
+    assert listing[0].split()[:3] == ["run", "model", "opt"]
+    rows = {line.split()[0]: line for line in listing[1:]}
+    assert "finished" in rows["done"] and "stopped" in rows["later"]
+    assert "rnn 8" in rows["done"] and " 30 " in rows["done"]
+    latest = cli("sample", "--latest", "--length", 20, "--seed", 1)
+    from_dir = cli("sample", "runs/later", "--length", 20, "--seed", 1)
+    assert latest.exit_code == 0 and latest.output == from_dir.output
+    assert cli("sample").exit_code == 1
