@@ -117,3 +117,18 @@ def test_runs_lists_status_and_sample_latest(corpus_file, tmp_path, monkeypatch)
     from_dir = cli("sample", "runs/later", "--length", 20, "--seed", 1)
     assert latest.exit_code == 0 and latest.output == from_dir.output
     assert cli("sample").exit_code == 1
+
+
+def test_primed_documents_keep_the_trained_length_cap(tmp_path):
+    lines = [f"tweet number {i} says something about the weather today" for i in range(60)]
+    path = tmp_path / "tweets.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["train", path, "--lines", "--max-length", 30, "--updates", 20, "--m", 8,
+            "--engine", "reference", "--out", out, "--no-progress"]  # fmt: skip
+    assert cli(*args).exit_code == 0
+    result = cli("sample", out, "--prime", "tweet ", "--count", 20, "--seed", 2)
+    docs = result.output.rstrip("\n").split("\n---\n")
+    assert len(docs) == 20 and all(d.startswith("tweet ") and len(d) <= 30 for d in docs)
+    longer = cli("sample", out, "--prime", "tweet ", "--length", 50, "--seed", 2)
+    assert longer.exit_code == 0  # an explicit --length is the user's

@@ -412,7 +412,8 @@ def bench(corpus, encoding, errors, m, seq_length, repeats):
     "--length",
     default=None,
     type=int,
-    help="Characters per sample [default: 1000; document models: the max length trained with].",
+    help="Characters per sample [default: 1000; document models: up to the max length trained "
+    "with, the prime included].",
 )
 @click.option("--count", default=1, show_default=True, help="Samples (documents) to print.")
 @click.option("--prime", default=None, help="Text fed through the network first.")
@@ -435,11 +436,13 @@ def sample(checkpoint, latest, length, count, prime, temperature, top_p, seed, e
     model, _ = CharModel.load(recommended_model(checkpoint))
     rng = np.random.default_rng(seed)
     kw = dict(temperature=temperature, top_p=top_p, engine=engine, rng=rng)
+    cap = model.meta.get("config", {}).get("max_length", 200)  # a document model's length
     if model.vocab.end is not None and prime is None:
-        length = length or model.meta.get("config", {}).get("max_length", 200)
-        texts = model.sample_documents(count, length, **kw)
+        texts = model.sample_documents(count, length or cap, **kw)
     else:
-        indices = [model.sample_indices(length or 1000, prime, **kw) for _ in range(count)]
+        if length is None:  # a primed document ends within the trained cap, prime included
+            length = max(0, cap - len(prime)) if model.vocab.end is not None else 1000
+        indices = [model.sample_indices(length, prime, **kw) for _ in range(count)]
         end = model.vocab.end or ""
         texts = [(prime or "") + model.vocab.decode(i).removesuffix(end) for i in indices]
     click.echo(DOC_SEPARATOR.join(texts))
