@@ -132,3 +132,14 @@ def test_primed_documents_keep_the_trained_length_cap(tmp_path):
     assert len(docs) == 20 and all(d.startswith("tweet ") and len(d) <= 30 for d in docs)
     longer = cli("sample", out, "--prime", "tweet ", "--length", 50, "--seed", 2)
     assert longer.exit_code == 0  # an explicit --length is the user's
+
+
+def test_plot_reads_a_run_stopped_before_its_end(corpus_file, tmp_path):
+    corpus = load_corpus(corpus_file)
+    for name in ("a", "b"):
+        Trainer(corpus, small_config("reference", eta=0.05 if name == "a" else 0.1),
+                tmp_path / name).run(30, progress=False)  # fmt: skip
+    (tmp_path / "b" / "final.npz").unlink()  # killed after its last checkpoint
+    result = cli("plot", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "cmp.png")
+    assert result.exit_code == 0 and "eta=0.05" in result.output and "eta=0.1" in result.output
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
