@@ -92,3 +92,31 @@ def test_unpaired_surrogates_in_json_are_dropped_and_reported(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert (out / "samples.txt").read_text(encoding="utf-8")
+
+
+def test_max_length_cuts_training_documents_too(tmp_path):
+    """ASCII folding lengthens a 140-character tweet ('…' -> '...'); --max-length (140 in the
+    tweets preset) cuts training documents as it caps samples, and info counts it."""
+    tweet = "x" * 137 + "\u2026"  # 138 characters, 140 after folding
+    records = [{"text": tweet + " more", "is_retweet": False}, {"text": "short one"}] * 10
+    path = tmp_path / "tweets.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    corpus = load_corpus(path, format="json", ascii=True, max_doc_length=140)
+    assert len(corpus.document(0)) == 140 and corpus.document(0).endswith("xxx...")
+    assert steps(corpus)["max-length"] == (10 * 5, 0)
+    report = info(path, "--preset", "tweets")
+    assert "max-length" in report and " 50 " in report.split("max-length")[1].splitlines()[0]
+    assert "max-length" not in info(path, "--ascii")  # only when a cap is chosen
+    out = tmp_path / "run"
+    args = ["train", str(path), "--preset", "tweets", "--out", str(out), "--updates", "10",
+            "--no-progress", "--m", "8"]  # fmt: skip
+    assert CliRunner().invoke(main, args).exit_code == 0
+    from charwise import checkpoint
+
+    source = checkpoint.load(out / "checkpoint.npz")[1]["corpus"]["source"]
+    assert source["max_doc_length"] == 140  # a resume reads the corpus the same way
+    loose = CliRunner().invoke(main, ["train", str(path), "--out", str(tmp_path / "r2"),
+                                      "--updates", "5", "--no-progress", "--m", "8"])  # fmt: skip
+    assert loose.exit_code == 0
+    source = checkpoint.load(tmp_path / "r2" / "checkpoint.npz")[1]["corpus"]["source"]
+    assert "max_doc_length" not in source  # no cap chosen: documents whole

@@ -4,7 +4,8 @@ Steps run in a fixed order on batches of (text, is_retweet) pieces, where a piec
 or a block of a plain text (cut after a newline, so a CR LF pair is never split): the Project
 Gutenberg header and licence (a whole file), newlines (CR LF and a lone CR become LF), the
 byte-order mark U+FEFF, unpaired surrogates (from JSON escapes; no text encoding can write
-them), drop retweets, HTML-unescape, strip URLs, fold to ASCII. Dropping rare characters
+them), drop retweets, HTML-unescape, strip URLs, fold to ASCII, cut documents to a maximum
+length (--max-length; a document is cut, not dropped). Dropping rare characters
 (--min-char-count) needs the counts of the whole corpus and runs afterwards.
 """
 
@@ -118,7 +119,9 @@ class Cleaner:
         ascii: bool = False,
         newlines: bool = False,
         gutenberg: bool = False,
+        max_length: int = 0,
     ):
+        self.max_length = max_length  # documents are cut to this many characters (0: not)
         self.enabled = {
             "gutenberg": gutenberg,
             "newlines": newlines,
@@ -128,6 +131,7 @@ class Cleaner:
             "html-unescape": html_unescape,
             "strip-urls": strip_urls,
             "ascii": ascii,
+            "max-length": max_length > 0,
         }
         names = ["read"] + [name for name, on in self.enabled.items() if on]
         self.report = Report([Step(name) for name in names])
@@ -169,6 +173,9 @@ class Cleaner:
         if self.enabled["ascii"]:
             out = [self._to_ascii(t, record) for t in texts]
             texts = self._record_if(record, "ascii", texts, out, 0)
+        if self.enabled["max-length"]:  # last: folding may lengthen a document ('…' -> '...')
+            out = [t[: self.max_length] for t in texts]
+            texts = self._record_if(record, "max-length", texts, out, 0)
         return texts
 
     def _to_ascii(self, text: str, record: bool) -> str:

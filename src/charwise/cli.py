@@ -52,7 +52,7 @@ corpus_options = options_of(LoadOptions) + [
         type=click.Choice(sorted(PRESETS)),
         default=None,
         help="tweets: JSON archive, --drop-retweets --html-unescape --ascii, seq length 10, "
-        "samples of at most 140 characters (options given explicitly win).",
+        "documents and samples of at most 140 characters (options given explicitly win).",
     ),
 ]
 GRADCHECK_QUIET = 20_000  # gradcheck says how much work it is above this many entries
@@ -84,9 +84,12 @@ def loader_options(kw: dict) -> dict:
     given = given_options(click.get_current_context())
     opts = {key: kw.pop(key) for key in sorted(CORPUS_KEYS - {"preset"})}
     preset = kw.pop("preset")
-    for key, value in (PRESETS.get(preset, {}) | TRAIN_PRESETS.get(preset, {})).items():
+    settings = PRESETS.get(preset, {}) | TRAIN_PRESETS.get(preset, {})
+    for key, value in settings.items():
         if key not in given:
             (opts if key in opts else kw)[key] = value
+    if "max_length" in given or "max_length" in settings:  # the documents' cap, when chosen
+        opts["max_doc_length"] = kw["max_length"]
     if opts.pop("lines"):
         opts["format"] = "lines"
     end_char = opts.pop("end_char")
@@ -219,13 +222,16 @@ def main():
 @click.option(
     "--val-fraction", default=TrainConfig.val_fraction, show_default=True, help="Held-out share."
 )
-def info(corpus, seq_length, val_fraction, **options):
+@click.option(
+    "--max-length", default=None, type=int, help="Documents: cut each at this many characters."
+)
+def info(corpus, seq_length, val_fraction, max_length, **options):
     """Characters, documents, vocabulary size K before and after cleaning, and updates per epoch."""
     from charwise.train import Schedule
 
-    require_positive(seq_length=seq_length)
+    require_positive(seq_length=seq_length, max_length=max_length)
     TrainConfig(val_fraction=val_fraction).check()
-    kw = {"seq_length": seq_length, **options}
+    kw = {"seq_length": seq_length, "max_length": max_length, **options}
     c = load_from_options(corpus, kw)
     click.echo(f"corpus      {c.name}")
     click.echo(f"characters  {len(c):,}")

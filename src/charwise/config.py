@@ -47,7 +47,9 @@ class TrainConfig:
     sample_every: int = setting(10_000, "A sample before update 1 and every N updates.", minimum=1)
     sample_length: int = setting(200, "Characters per training sample.", minimum=1)
     passage_length: int = setting(1000, "Characters of the best-model passage.", minimum=0)
-    max_length: int = setting(200, "Documents: cap per sampled document.", minimum=1)
+    max_length: int = setting(
+        200, "Documents: cap of a sampled document; given, also of training documents.", minimum=1
+    )
     sample_docs: int = setting(3, "Documents: documents per training sample.", minimum=1)
     passage_docs: int = setting(10, "Documents: documents of the final passage.", minimum=1)
     engine: str = setting(

@@ -80,6 +80,9 @@ class LoadOptions:
         False, "Keep only the book between Project Gutenberg's START and END lines."
     )
     strict: bool = setting(False, "Refuse a folder with a binary file instead of skipping it.")
+    max_doc_length: int = setting(
+        0, "Documents longer than this are cut (0: none); --max-length sets it.", cli=False
+    )
     encoding: str = setting("utf-8", "Text encoding.")
     errors: str = setting("strict", "What to do with undecodable bytes.", ERROR_MODES)
     mmap_threshold: int = setting(
@@ -95,6 +98,8 @@ class LoadOptions:
             raise CharwiseError(f"--end-char must be one character, not {self.end_char!r}")
         if not 1 <= self.max_vocab <= 2**16:
             raise CharwiseError("--max-vocab must be between 1 and 65536")
+        if self.max_doc_length < 0:
+            raise CharwiseError("--max-length must be at least 1")
         try:
             if not getattr(codecs.lookup(self.encoding), "_is_text_encoding", True):
                 raise LookupError  # a codec that is no text encoding (rot13, base64), as str.decode
@@ -418,6 +423,7 @@ def encode_pieces(
         opts.ascii,
         newlines=opts.newline == "normalize",
         gutenberg=opts.strip_gutenberg,
+        max_length=opts.max_doc_length if documents else 0,
     )
     counts = np.zeros(0x110000, dtype=np.int64)
     n_docs = 0  # documents not empty after the cleaning steps
