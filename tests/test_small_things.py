@@ -143,3 +143,21 @@ def test_plot_reads_a_run_stopped_before_its_end(corpus_file, tmp_path):
     result = cli("plot", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "cmp.png")
     assert result.exit_code == 0 and "eta=0.05" in result.output and "eta=0.1" in result.output
     assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sampling_defaults_to_the_fastest_engine(corpus_file):
+    from charwise.engines import fast, reference
+    from charwise.model import CharModel
+
+    corpus = load_corpus(corpus_file)
+    assert CharModel.init(corpus.vocab, m=8).engine() is fast
+    assert CharModel.init(corpus.vocab, "lstm", m=8).engine() is reference
+    assert "[default: auto]" in cli("sample", "--help").output
+
+
+def test_a_large_gradient_check_says_how_much_work_it_is(corpus_file):
+    result = cli("gradcheck", corpus_file, "--m", 150, "--seq-length", 2)
+    assert result.exit_code == 0
+    assert result.stderr == "checking 30,777 entries, two forward passes each\n"  # 150 x (150 + K)
+    small = cli("gradcheck", corpus_file)
+    assert small.stderr == "" and small.output.count("\n") == 7
