@@ -158,6 +158,7 @@ def test_sampling_defaults_to_the_fastest_engine(corpus_file):
 def test_a_large_gradient_check_says_how_much_work_it_is(corpus_file):
     result = cli("gradcheck", corpus_file, "--m", 150, "--seq-length", 2)
     assert result.exit_code == 0
-    assert result.stderr == "checking 30,777 entries, two forward passes each\n"  # b, c, U, W, V: m 150, K 27
+    # b, c, U, W, V of m = 150 and K = 27
+    assert result.stderr == "checking 30,777 entries, two forward passes each\n"
     small = cli("gradcheck", corpus_file)
     assert small.stderr == "" and small.output.count("\n") == 7
