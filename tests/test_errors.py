@@ -144,20 +144,25 @@ def test_ctrl_c_during_start_up_exits_130(corpus_file, tmp_path):
     assert "interrupted" in err or "stopped by SIGINT" in err
 
 
+def interrupted(args: list, out: Path, ctrl_c: int) -> tuple[int, str]:
+    """Run charwise with args, Ctrl-C it ctrl_c times at once once it trains: (status, stderr)."""
+    proc = subprocess.Popen(
+        command(*args), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    while not (out / "metrics.csv").exists() or (out / "metrics.csv").stat().st_size < 2000:
+        time.sleep(0.01)
+    for _ in range(ctrl_c):  # a second one arrives while the first one's checkpoint is saved
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
 @pytest.mark.slow
 def test_two_quick_ctrl_c_exit_130_with_the_resume_hint(corpus_file, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        command("train", corpus_file, "--out", out, "--updates", 10**6, *SMALL,
-                "--checkpoint-every", 1),
-        env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    while not (out / "metrics.csv").exists() or (out / "metrics.csv").stat().st_size < 2000:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    proc.send_signal(signal.SIGINT)  # a second one, while the first one's checkpoint is saved
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    args = ["train", corpus_file, "--out", out, "--updates", 10**6, *SMALL]
+    status, err = interrupted([*args, "--checkpoint-every", 1], out, ctrl_c=2)
+    assert status == 130, err
     assert "Aborted" not in err and f"charwise train --resume {out}" in err
     updates = checkpoint.load(out / "checkpoint.npz")[1]["updates"]  # intact, loadable
     assert updates > 0 and not list(out.glob(".*.tmp"))
@@ -166,16 +171,9 @@ def test_two_quick_ctrl_c_exit_130_with_the_resume_hint(corpus_file, tmp_path):
 @pytest.mark.slow
 def test_a_stopped_report_is_finished_by_report_resume(corpus_file, tmp_path):
     out = tmp_path / "report"
-    proc = subprocess.Popen(
-        command("report", corpus_file, "--out", out, "--updates", 10**6, *SMALL,
-                "--overfit-cap", 10),
-        env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    while not (out / "metrics.csv").exists() or (out / "metrics.csv").stat().st_size < 2000:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and f"charwise report --resume {out}" in err, err
+    args = ["report", corpus_file, "--out", out, "--updates", 10**6, *SMALL, "--overfit-cap", 10]
+    status, err = interrupted(args, out, ctrl_c=1)
+    assert status == 130 and f"charwise report --resume {out}" in err, err
     one_line_error(cli("report", "--from", out), "finish it with charwise report --resume")
     stopped = checkpoint.load(out / "checkpoint.npz")[1]["updates"]
     result = cli("report", "--resume", out, "--updates", 5)
