@@ -364,7 +364,9 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
     verb = f"resuming at update {trainer.state.updates:,}" if resume else "training"
     held = trainer.val_corpus
     click.echo(
-        f"{verb} {trainer.spec.describe()} ({trainer.engine_name} engine) on {c.name}: "
+        f"{verb} {trainer.spec.describe()} ({trainer.engine_name} engine"
+        + (f" on {trainer.device}" if trainer.device else "")
+        + f") on {c.name}: "
         f"{len(c):,} characters"
         + (f" in {len(c.starts):,} documents" if c.documents else "")
         + (f" ({len(held):,} held out)" if held is not None else "")
@@ -427,7 +429,8 @@ def bench(corpus, encoding, errors, m, seq_length, repeats):
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass (0, 1].")
 @click.option("--seed", default=None, type=int, help="Seed; the same seed gives the same text.")
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto", show_default=True)
-def sample(checkpoint, latest, length, count, prime, temperature, top_p, seed, engine):
+@click.option("--device", default="auto", show_default=True, help="--engine torch: its device.")
+def sample(checkpoint, latest, length, count, prime, temperature, top_p, seed, engine, device):
     """Generate text from a model (.npz), or from a run directory's recommended model
     (best-val.npz, else best.npz); document models stop at the end character."""
     import numpy as np
@@ -440,6 +443,7 @@ def sample(checkpoint, latest, length, count, prime, temperature, top_p, seed, e
         raise CharwiseError("give a MODEL (a .npz or a run directory) or --latest")
     checkpoint = rundir.latest(Path("runs")) if latest else checkpoint
     model, _ = CharModel.load(recommended_model(checkpoint))
+    model.engine(engine, device)  # refuses what the engine cannot run, places the torch one
     rng = np.random.default_rng(seed)
     kw = dict(temperature=temperature, top_p=top_p, engine=engine, rng=rng)
     cap = model.meta.get("config", {}).get("max_length", 200)  # a document model's length
@@ -459,8 +463,9 @@ def sample(checkpoint, latest, length, count, prime, temperature, top_p, seed, e
 @click.argument("corpus", required=False)
 @with_options(corpus_options)
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="--engine torch: its device.")
 @click.pass_context
-def evaluate(ctx, model_path, corpus, engine, **options):
+def evaluate(ctx, model_path, corpus, engine, device, **options):
     """Nats and bits per character of MODEL (a .npz, or a run directory's recommended model) on
     CORPUS read once from a zero state (each document from its own), or without CORPUS on the
     held-out part of the corpus the model was trained on."""
@@ -471,7 +476,7 @@ def evaluate(ctx, model_path, corpus, engine, **options):
     if corpus is None and given:
         raise CharwiseError(f"corpus options need a CORPUS; drop {', '.join(sorted(given))}")
     text = load_from_options(corpus, options) if corpus is not None else None
-    result = score(path, text, engine)
+    result = score(path, text, engine, device)
     click.echo(
         f"{path} on {result['corpus']}: {result['chars']:,} characters scored, "
         f"{result['nats']:.4f} nats/char = {result['bits']:.4f} bits/char"

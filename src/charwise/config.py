@@ -12,7 +12,7 @@ from charwise.optim import ALPHA, CLIP, OPTIMIZERS, default_eta
 from charwise.schedule import CHUNKS
 from charwise.settings import same_kind, setting
 
-ENGINE_CHOICES = ("auto", "fast", "reference")
+ENGINE_CHOICES = ("auto", "fast", "reference", "torch")
 DTYPES = ("float64", "float32")
 
 
@@ -55,7 +55,10 @@ class TrainConfig:
     engine: str = setting(
         "auto", "Engine: auto picks the fastest that runs the model.", choices=ENGINE_CHOICES
     )
-    dtype: str = setting("float64", "Parameter type (float32: fast engine).", choices=DTYPES)
+    device: str = setting("auto", "--engine torch: auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps.")
+    dtype: str = setting(
+        "float64", "Parameter type (float32: fast and torch engines).", choices=DTYPES
+    )
     checkpoint_every: int = setting(
         0, "Checkpoint every N updates (0: only timed ones).", minimum=0
     )
@@ -102,6 +105,7 @@ MAY_CHANGE = (
     "checkpoint_every",
     "checkpoint_seconds",
     "engine",
+    "device",
     "eval_every",
 )
 

@@ -57,7 +57,7 @@ def in_vocab(corpus, vocab) -> np.ndarray:
     return table[np.asarray(corpus.data)]
 
 
-def score(path, corpus=None, engine: str = "auto") -> dict:
+def score(path, corpus=None, engine: str = "auto", device: str | None = None) -> dict:
     """Nats and bits per character of the model in `path` on `corpus` (each document from a
     zero state), or without a corpus on the held-out part of the corpus it was trained on."""
     from charwise.corpus import load_corpus
@@ -83,7 +83,7 @@ def score(path, corpus=None, engine: str = "auto") -> dict:
                 f"{path} was trained on all of its corpus (--val-fraction 0); give a CORPUS"
             )
     data = in_vocab(corpus, model.vocab)
-    total, count = model.engine(engine).evaluate(model.params, data, corpus.runs())
+    total, count = model.engine(engine, device).evaluate(model.params, data, corpus.runs())
     if not count:
         raise CharwiseError(f"{corpus.name} is too short to score: it predicts no character")
     return {

@@ -43,8 +43,9 @@ class CharModel:
     def spec(self) -> ModelSpec:
         return self.params.spec
 
-    def engine(self, name: str = "auto"):
-        """The engine module to sample with: `name`, or for auto the fastest that runs it."""
+    def engine(self, name: str = "auto", device: str | None = None):
+        """The engine module to sample with: `name`, or for auto the fastest that runs it (the
+        torch engine moved to `device` when one is given)."""
         if name == "auto":
             fast = why_not("fast", self.spec, "adagrad", 1, 0.0, "float64") is None
             name = "fast" if fast else "reference"
@@ -53,7 +54,10 @@ class CharModel:
                 f"the {name} engine does not yet run a {self.spec.describe()} model; "
                 "use --engine auto"
             )
-        return get_engine(name)
+        engine = get_engine(name)
+        if device is not None and hasattr(engine, "use_device"):
+            engine.use_device(device)
+        return engine
 
     def default_start(self) -> str:
         """The character fed first when there is no prime: end-of-document, newline, or [0]."""

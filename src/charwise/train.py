@@ -66,9 +66,12 @@ class Trainer:
         self.engine_name = pick(
             config.engine, self.spec, config.optimizer, config.batch, config.dropout, config.dtype
         )
+        self.device = None  # the torch engine's device
         self.optimizer = make_optimizer(config.optimizer, config.eta, config.clip, config.alpha)
         check_memory(self.spec, config, len(self.optimizer.slots))  # before allocating any
         self.engine = get_engine(self.engine_name)
+        if hasattr(self.engine, "use_device"):
+            self.device = str(self.engine.use_device(config.device))
         tau, seed = config.seq_length, config.seed
         self.schedule = make_schedule(self.train_corpus, tau, config.batch, config.chunks, seed)
         dtype = np.dtype(config.dtype)
@@ -361,7 +364,7 @@ class Trainer:
             corpus["val_chars"] = len(self.val_corpus)
         return {
             "config": asdict(self.config),
-            "engine_used": self.engine_name,
+            "engine_used": self.engine_name + (f" ({self.device})" if self.device else ""),
             "optimizer": {"name": self.optimizer.name, "t": s.updates},
             "corpus": corpus,
             "corpus_sha256": self.corpus.fingerprint(),

@@ -18,21 +18,29 @@ from types import ModuleType
 
 from charwise.errors import CharwiseError
 
-ENGINES = ("fast", "reference")  # in order of preference for --engine auto
-CHOICES = ("auto", *ENGINES)
+ENGINES = ("fast", "reference")  # in order of preference for --engine auto (the CPU)
+CHOICES = ("auto", *ENGINES, "torch")
+TORCH_HINT = 'pip install -e ".[torch]" (the CPU build alone: pip install torch==2.13.0+cpu)'
 
 
 def get_engine(name: str) -> ModuleType:
     """The engine module by name; imported on first use so `import charwise` stays light."""
-    if name not in ENGINES:
+    if name not in CHOICES[1:]:
         raise CharwiseError(f"unknown engine {name!r}; choose one of {', '.join(CHOICES)}")
-    return importlib.import_module(f"charwise.engines.{name}")
+    try:
+        return importlib.import_module(f"charwise.engines.{name}")
+    except ImportError as exc:
+        if name == "torch" and exc.name == "torch":
+            raise CharwiseError(f"--engine torch needs PyTorch: {TORCH_HINT}") from None
+        raise
 
 
 def why_not(name: str, spec, optimizer: str, batch: int, dropout: float, dtype: str) -> str | None:
     """None when engine `name` runs this combination, else the reason (without importing it)."""
     if name == "reference":
         return None if dtype == "float64" else "the reference engine is float64 only"
+    if name == "torch":
+        return None  # every model; whether torch is installed is get_engine's to say
     reasons = []
     if spec.family != "rnn" or spec.layers != 1:
         reasons.append(f"{spec.describe()} (it runs the one-layer rnn)")

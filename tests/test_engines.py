@@ -1,0 +1,220 @@
+"""Every engine against the reference engine (the oracle), from identical states, for every
+combination it runs: one comparison suite, parametrised over engines and models."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from charwise.corpus import Corpus, load_corpus
+from charwise.engines import get_engine, reference, why_not
+from charwise.models import ModelSpec
+from charwise.optim import make_optimizer
+from charwise.params import Params
+from charwise.schedule import Streams
+from charwise.state import TrainState
+from conftest import english_like
+from test_families import rel
+
+REL = 1e-10  # float64: the same math, rounded differently (~1e-15)
+has_torch = importlib.util.find_spec("torch") is not None
+if not has_torch and os.environ.get("CHARWISE_REQUIRE_TORCH"):
+    raise RuntimeError("CHARWISE_REQUIRE_TORCH is set but torch is not installed")
+
+# (family, layers, batch, optimizer, dropout): the exercise, then what lies beyond it
+CASES = [("rnn", 1, 1, "adagrad", 0.0)] + [
+    (family, layers, batch, optimizer, dropout)
+    for family in ("rnn", "lstm", "gru")
+    for layers, batch, optimizer, dropout in (
+        (1, 4, "adam", 0.0),
+        (2, 1, "rmsprop", 0.0),
+        (2, 4, "adam", 0.3),
+    )
+]
+ENGINES = ["fast"] + (["torch"] if has_torch else [])
+PAIRS = [
+    pytest.param(engine, *case, id=f"{engine}-{case[0]}-L{case[1]}-B{case[2]}-{case[3]}-p{case[4]}")
+    for engine in ENGINES
+    for case in CASES
+    if why_not(engine, ModelSpec(case[0], 30, 6, case[1]), case[3], case[2], case[4], "float64")
+    is None
+]
+
+
+def text_data(n: int = 3000, seed: int = 0):
+    from charwise.vocab import Vocab
+
+    text = english_like(n, seed)
+    vocab = Vocab.from_text(text)
+    return vocab, vocab.encode(text)
+
+
+def random_state(family, layers, batch, optimizer, K, m=6, seed=3) -> TrainState:
+    """A state far from the initial one: non-zero weights, biases, optimiser slots, carry."""
+    rng = np.random.default_rng(seed)
+    params = Params.init(ModelSpec(family, K, m, layers), seed, sig=0.3)
+    for a in params.arrays():
+        a += 0.2 * rng.standard_normal(a.shape)
+    state = TrainState.fresh(params, make_optimizer(optimizer, 0.01).slots, batch)
+    for slot in state.opt.values():
+        for a in slot.arrays():
+            a[...] = rng.uniform(0.0, 0.2, a.shape)
+    for s in state.carry:
+        s[...] = rng.uniform(-0.5, 0.5, s.shape)
+    state.updates, state.smooth_loss = 5, 40.0
+    return state
+
+
+def assert_close(a: TrainState, b: TrainState, tol: float = REL) -> None:
+    for name, x in a.params.items():
+        assert rel(x, b.params[name]) <= tol, name
+    for slot, p in a.opt.items():
+        for name, x in p.items():
+            assert rel(x, b.opt[slot][name]) <= tol, f"{slot}_{name}"
+    for x, y in zip(a.carry, b.carry, strict=True):
+        assert rel(x, y) <= tol
+    assert abs(a.smooth_loss - b.smooth_loss) <= tol * abs(b.smooth_loss)
+    assert (a.updates, a.best_update) == (b.updates, b.best_update)
+
+
+@pytest.mark.parametrize("engine, family, layers, batch, optimizer, dropout", PAIRS)
+def test_updates_each_from_the_reference_state(engine, family, layers, batch, optimizer, dropout):
+    """30 updates (epoch boundaries and best-model snapshots among them); each starts from the
+    reference's state and is compared with the reference's update, masks drawn alike."""
+    eng = get_engine(engine)
+    vocab, data = text_data()
+    schedule = Streams(Corpus("t", vocab, data), 10, batch)
+    state = random_state(family, layers, batch, optimizer, len(vocab))
+    opt = make_optimizer(optimizer, 0.01)
+    for u in range(30):
+        starts, lengths, resets = schedule.block(state.updates, 1)
+        dropouts = []
+        for _ in range(2):  # the same masks for both engines: the same seeded generator
+            dropouts.append(
+                reference.Dropout(dropout, 10, np.random.default_rng((u, 2))) if dropout else None
+            )
+        ref_state = copy.deepcopy(state)
+        losses, ref_losses = np.empty(1), np.empty(1)
+        assert eng.run_block(state, opt, data, starts, lengths, resets, losses, dropouts[0]) == 1
+        assert (
+            reference.run_block(
+                ref_state, opt, data, starts, lengths, resets, ref_losses, dropouts[1]
+            )
+            == 1
+        )
+        assert abs(losses[0] - ref_losses[0]) <= REL * ref_losses[0]
+        assert_close(state, ref_state)
+        state = ref_state  # re-seeded from the reference: differences never accumulate
+
+
+@pytest.mark.parametrize("engine, family, layers, batch, optimizer, dropout", PAIRS)
+def test_loss_gradients_and_state(engine, family, layers, batch, optimizer, dropout):
+    eng = get_engine(engine)
+    vocab, data = text_data()
+    state = random_state(family, layers, batch, optimizer, len(vocab))
+    rng = np.random.default_rng(1)
+    starts = rng.integers(0, len(data) - 12, batch)
+    lengths = np.full(batch, 10)
+    if engine != "fast" and batch > 1:
+        lengths[1:] = [4, 10, 7][: batch - 1]  # document chunks of several lengths
+    X, Y = reference.chunk_arrays(data, starts, lengths)
+    kw = {}
+    if engine != "fast":
+        masks = [(rng.random((batch, 10, 6)) >= 0.3) / 0.7 for _ in range(layers)]
+        kw = dict(lengths=lengths, masks=masks if dropout else None)
+    if engine == "fast":  # the exercise's interface: one stream, h alone
+        got = eng.loss_and_grads(state.params, X[:, 0], Y[:, 0], state.carry[0][0, 0])
+        want = reference.loss_and_grads(state.params, X[:, 0], Y[:, 0], state.carry[0][0, 0])
+    else:
+        got = eng.loss_and_grads(state.params, X, Y, state.carry, **kw)
+        want = reference.loss_and_grads(state.params, X, Y, state.carry, **kw)
+    assert abs(got[0] - want[0]) <= REL * want[0]
+    for name, g in want[1].items():
+        assert rel(got[1][name], g) <= REL, name
+    for a, b in zip(np.atleast_1d(got[2]), np.atleast_1d(want[2]), strict=True):
+        assert rel(a, b) <= REL
+
+
+@pytest.mark.parametrize("engine, family, layers, batch, optimizer, dropout", PAIRS)
+def test_samples_and_validation_loss(engine, family, layers, batch, optimizer, dropout):
+    eng = get_engine(engine)
+    vocab, data = text_data()
+    state = random_state(family, layers, 1, optimizer, len(vocab))
+    params = state.params
+    uniforms = np.random.default_rng(7).random(300)
+    h0 = tuple(s[:, :1] for s in state.carry)
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.9), (0.0, 1.0)):
+        got = eng.sample(params, h0, 4, 300, uniforms, temperature, top_p)
+        want = reference.sample(params, h0, 4, 300, uniforms, temperature, top_p)
+        assert np.array_equal(got, want)
+    for runs in (None, [(0, 40), (39, 41), (40, 700), (699, 2000)]):  # a text; documents
+        got, want = eng.evaluate(params, data, runs), reference.evaluate(params, data, runs)
+        assert got[1] == want[1] and abs(got[0] - want[0]) <= REL * want[0]
+
+
+needs_torch = pytest.mark.skipif(not has_torch, reason="torch not installed")
+
+
+@needs_torch
+def test_torch_runs_resume_bit_identically(tmp_path):
+    """Stopped (as by Ctrl-C) and resumed with the torch engine on the CPU: the same run
+    directory as one uninterrupted run."""
+    from charwise.train import Trainer
+    from runs import assert_same_run, small_config, write_corpus
+    from test_resume import interrupted_at
+
+    corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
+    settings = dict(model="lstm", layers=2, optimizer="adam", batch=4, dropout=0.2)
+    config = lambda: small_config("torch", eval_every=30, val_fraction=0.1, **settings)  # noqa: E731
+    Trainer(corpus, config(), tmp_path / "whole").run(80, progress=False)
+    interrupted_at(Trainer(corpus, config(), tmp_path / "part"), 37, 80)
+    Trainer.resume(tmp_path / "part", corpus).run(80, progress=False)
+    assert_same_run(tmp_path / "whole", tmp_path / "part")
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    "first, then, settings",
+    [
+        ("fast", "torch", {}),  # the exercise: the fast engine's run continued by torch
+        ("torch", "fast", {}),
+        ("torch", "reference", dict(model="gru", batch=3, optimizer="rmsprop")),
+        ("reference", "torch", dict(model="lstm", layers=2, optimizer="adam")),
+    ],
+)
+def test_engines_take_over_each_others_runs(first, then, settings, tmp_path):
+    """A checkpoint written by one engine continues with another: the state carries over
+    exactly, and the run goes on as one engine's run does, to rounding (float64)."""
+    from charwise import checkpoint
+    from charwise.train import Trainer
+    from runs import small_config, write_corpus
+
+    corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
+    config = lambda engine: small_config(engine, **settings)  # noqa: E731
+    Trainer(corpus, config(first), tmp_path / "one").run(100, progress=False)
+    Trainer(corpus, config(first), tmp_path / "two").run(50, progress=False)
+    Trainer.resume(tmp_path / "two", corpus, engine=then).run(100, progress=False)
+    one, two = (checkpoint.load(tmp_path / r / "checkpoint.npz") for r in ("one", "two"))
+    assert two[1]["resumes"][-1]["changed"] == {"engine": [first, then]}
+    assert two[1]["engine_used"].startswith(then)
+    for name, a in one[0].items():  # 50 updates after the switch: still the same run
+        assert rel(two[0][name], a) <= 1e-8, name
+
+
+def test_the_torch_engine_without_torch_is_a_one_line_error(monkeypatch):
+    """charwise imports and runs every other engine without torch; asking for it says how."""
+    import sys
+
+    from charwise.errors import CharwiseError
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "charwise.engines.torch", raising=False)
+    with pytest.raises(
+        CharwiseError, match=r'--engine torch needs PyTorch: pip install -e "\.\[torch\]"'
+    ):
+        get_engine("torch")
+    assert get_engine("reference") is reference
