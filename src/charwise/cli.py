@@ -155,7 +155,9 @@ def new_run_dir(out: str | None, corpus):
     except BaseException:
         if out is None:
             with contextlib.suppress(OSError):
-                path.rmdir()  # only while still empty
+                if [p.name for p in path.iterdir()] in ([], [".lock"]):
+                    (path / ".lock").unlink(missing_ok=True)
+                path.rmdir()  # only while nothing was written
         raise
 
 
@@ -192,6 +194,10 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo(f"\ncharwise: interrupted{resume_hint(ctx)}", err=True)
             sys.exit(130)
+        except OSError as exc:  # a file charwise was asked to read or write, outside a run
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"charwise: error: cannot use{where}: {exc.strerror or exc}", err=True)
+            sys.exit(1)
 
 
 def remember_run(ctx: click.Context, folder: Path, command: str) -> None:
@@ -227,7 +233,7 @@ def main():
 )
 def info(corpus, seq_length, val_fraction, max_length, **options):
     """Characters, documents, vocabulary size K before and after cleaning, and updates per epoch."""
-    from charwise.train import Schedule
+    from charwise.schedule import Schedule
 
     require_positive(seq_length=seq_length, max_length=max_length)
     TrainConfig(val_fraction=val_fraction).check()
@@ -325,6 +331,7 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
     recorded). A non-finite loss or gradient, or a smooth loss above 2 x tau ln K (a uniform
     guess), stops the run (exit 1); the last good checkpoint is kept.
     """
+    from charwise import rundir
     from charwise.train import Interrupted, Trainer
 
     given = given_options(ctx)
@@ -344,6 +351,8 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
         c = load_corpus(corpus, **loader) if "corpus" in given else None
         changes = {k: v for k, v in settings.items() if k in given}
         trainer = Trainer.resume(resume, c, progress=progress, **changes)
+        if c is not None:  # the same corpus (its SHA-256 matched), read from where it is now
+            trainer.source = source_of(corpus, loader)
         c, out = trainer.corpus, resume
         if "minutes" not in given:
             minutes = trainer.minutes
@@ -377,7 +386,7 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
     except Interrupted as exc:
         click.echo(f"\ncharwise: {exc}", err=True)
         sys.exit(128 + exc.signum)
-    passage = (out / "best_passage.txt").read_text(encoding="utf-8")
+    passage = (out / rundir.PASSAGE).read_text(encoding="utf-8")
     click.echo(
         f"\n--- best model (update {state.best_update}, smooth loss "
         f"{state.best_smooth:.3f}) ---\n{passage}\n"

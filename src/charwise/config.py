@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from charwise.engines import CHOICES
 from charwise.errors import CharwiseError
 from charwise.models import FAMILIES
 from charwise.optim import ALPHA, CLIP, OPTIMIZERS, default_eta
 from charwise.schedule import CHUNKS
 from charwise.settings import same_kind, setting
 
-ENGINE_CHOICES = ("auto", "fast", "reference", "torch")
+ENGINE_CHOICES = CHOICES
 DTYPES = ("float64", "float32")
 
 
@@ -88,8 +89,6 @@ class TrainConfig:
                 raise CharwiseError(f"{option} must be at least {meta['minimum']} (got {value})")
             if meta["below"] is not None and not value < meta["below"]:
                 raise CharwiseError(f"{option} must be below {meta['below']} (got {value})")
-        if self.dtype == "float32" and self.engine == "reference":
-            raise CharwiseError("the reference engine is float64 only; use --engine fast")
 
 
 # Settings a resume may change (recorded): they alter what happens next, never the saved state.

@@ -558,6 +558,26 @@ def _mapped(name, path, fmt, files, stats, documents, batches, opts) -> Corpus:
     return _cached(name, datasets.cache_dir() / "encoded" / key, documents, batches, opts)
 
 
+def load_recorded(meta: dict, where) -> Corpus:
+    """The corpus a run or model recorded (its load_corpus() arguments), checked against the
+    SHA-256 it recorded; one-line errors when it is missing, foreign or changed."""
+    from dataclasses import fields
+
+    corpus = meta.get("corpus")
+    source = corpus.get("source") if isinstance(corpus, dict) else None
+    known = {f.name for f in fields(LoadOptions)} | {"spec"}
+    if not isinstance(source, dict) or "spec" not in source or not source.keys() <= known:
+        raise CharwiseError(f"{where} does not record its corpus in a way this charwise reads; "
+                            "pass the CORPUS again")  # fmt: skip
+    recorded = load_corpus(**source)
+    if recorded.fingerprint() != meta.get("corpus_sha256"):
+        raise CharwiseError(
+            f"corpus {recorded.name} differs from the one {where} was trained on (SHA-256 "
+            "mismatch); pass the run's own corpus"
+        )
+    return recorded
+
+
 def source_of(spec: str | Path, loader: dict) -> dict:
     """The load_corpus() arguments that read this corpus again (an absolute path for a file),
     recorded in checkpoints so that a resume reads the corpus by itself."""

@@ -12,7 +12,6 @@ validation row), finish (the final models are written), end (run() returns or st
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
@@ -99,7 +98,7 @@ class Validation:
             self.evaluate(trainer)
 
     def evaluate(self, trainer) -> None:
-        from charwise.evaluate import nats_per_char
+        from charwise.evaluate import bits, nats_per_char
 
         state = trainer.state
         val, _ = nats_per_char(trainer.engine, state.params, self.val.data, self.val.runs())
@@ -110,7 +109,7 @@ class Validation:
             "epoch": trainer.schedule.epoch(u),
             "train_nats": train,
             "val_nats": val,
-            "val_bits": val / math.log(2),
+            "val_bits": bits(val),
             "wall_seconds": trainer.elapsed,
         }
         line = ",".join(repr(v) if isinstance(v, float) else str(v) for v in row.values())
@@ -168,7 +167,6 @@ class Progress:
 
     def on_begin(self, trainer, total: int | None) -> None:
         self.total, self.logged = total, (trainer.state.updates, time.monotonic())
-        self.started = time.monotonic()
         if self.enabled and sys.stderr.isatty():
             from tqdm import tqdm
 

@@ -91,7 +91,7 @@ def gradcheck(
     x, y: (T,) for one stream or (T, B) for B streams; h0: None (zeros), an h, or a state tuple.
     """
     params = params.astype(np.float64)
-    if masks is None and lengths is None:
+    if masks is None and lengths is None:  # the exercise's four-argument call (tests patch it)
         _, analytic, _ = reference.loss_and_grads(params, x, y, h0)
     else:
         _, analytic, _ = reference.loss_and_grads(params, x, y, h0, lengths, masks)

@@ -138,7 +138,7 @@ class CharModel:
 def known_names(meta: dict, path) -> set[str]:
     """Every array name a model file of this family and depth may hold."""
     family, layers = _model_meta(meta, path)
-    return set(model_shapes(ModelSpec(family, K=1, m=1, layers=layers), None))
+    return set(model_shapes(ModelSpec(family, K=1, m=1, layers=layers)))
 
 
 def _model_meta(meta: dict, path) -> tuple[str, int]:

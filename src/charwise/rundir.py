@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,7 @@ EVAL_HEADER = ",".join(EVAL_COLUMNS)
 
 
 LOCK = ".lock"  # held (flock) by the process that runs in the directory
+LOCK_TRIES = 5  # attempts 50 ms apart before a held lock is an error
 REPORT_FILES = ("report.json", "report.md", "report.html", "overfit.png")
 FILES = (CHECKPOINT, METRICS, SAMPLES, EVAL, FINAL, BEST, BEST_VAL, PASSAGE, VAL_PASSAGE, LOSS_PNG)
 
@@ -61,10 +63,6 @@ class RunLock:
     def __init__(self, out: Path):
         self.out, self.fd = Path(out), None
 
-    @property
-    def held(self) -> bool:
-        return self.fd is not None
-
     def acquire(self) -> None:
         import fcntl
 
@@ -73,9 +71,14 @@ class RunLock:
         self.out.mkdir(parents=True, exist_ok=True)
         refuse_links(self.out)
         fd = safeio.open_fd_nofollow(self.out / LOCK, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for attempt in range(LOCK_TRIES):  # `charwise runs` may peek at it for an instant
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt + 1 < LOCK_TRIES:
+                    time.sleep(0.05)
+        else:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
             raise CharwiseError(
@@ -210,9 +213,11 @@ def _truncate(path: Path, size: int) -> None:
 
 
 def remove_stale_temporaries(out: Path) -> None:
-    """Temporary files left by a kill in the middle of a save."""
-    for stale in out.glob(".*.npz.*.tmp"):
-        stale.unlink()
+    """The temporary files of charwise's atomic writes (safeio) that a kill in the middle of
+    one left behind."""
+    for name in (*FILES, *REPORT_FILES):
+        for stale in out.glob(f".{name}.*.tmp"):
+            stale.unlink()
 
 
 def is_running(out: Path) -> bool:
@@ -246,7 +251,8 @@ def describe(out: Path) -> dict | None:
         updates, target = meta["updates"], meta.get("target_updates") or 0
         minutes = meta.get("target_minutes")
         seconds = float(meta.get("train_seconds", 0.0))
-    except (CharwiseError, KeyError, TypeError, ValueError):
+        config["model"], int(updates), float(config.get("m", 0))
+    except (CharwiseError, KeyError, TypeError, ValueError, AttributeError):
         return {"run": out.name, "status": "unreadable"}
     done = updates >= target if target else bool(minutes) and seconds >= 60 * minutes
     final = out / FINAL
@@ -255,7 +261,7 @@ def describe(out: Path) -> dict | None:
         status = (
             "finished" if final.stat().st_mtime >= (out / CHECKPOINT).stat().st_mtime else status
         )
-    best = meta.get("best_val") or {}
+    best = meta.get("best_val") if isinstance(meta.get("best_val"), dict) else {}
     layers = config.get("layers", 1)
     model = f"{layers}x" if layers > 1 else ""
     return {
@@ -265,7 +271,7 @@ def describe(out: Path) -> dict | None:
         "optimizer": config.get("optimizer", "adagrad"),
         "updates": updates,
         "target": target or (f"{minutes:g} min" if minutes else "?"),
-        "val_bits": best.get("val_nats", math.nan) / math.log(2),
+        "val_bits": float(best.get("val_nats", math.nan)) / math.log(2),
         "status": status,
         "train_s": seconds,
         "modified": (out / CHECKPOINT).stat().st_mtime,

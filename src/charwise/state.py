@@ -40,13 +40,16 @@ class TrainState:
     best_smooth: float = float("inf")
 
     @classmethod
-    def fresh(cls, params: Params, slots: tuple[str, ...] = ("G",), batch: int = 1) -> TrainState:
-        """The state before update 1: optimiser slots and carried state at zero."""
+    def fresh(
+        cls, params: Params, slots: tuple[str, ...] = ("G",), batch: int = 1, opt=None
+    ) -> TrainState:
+        """The state before update 1: carried state at zero, the optimiser's state (opt, from
+        its init_state) or its slots at zero."""
         spec = params.spec
         carry = spec.zero_state(batch, params.dtype)
         return cls(
             params=params,
-            opt={slot: Params.zeros_like(params) for slot in slots},
+            opt=opt if opt is not None else {slot: Params.zeros_like(params) for slot in slots},
             carry=carry,
             best=params.copy(),
             best_carry=tuple(np.zeros((spec.layers, spec.m), params.dtype) for _ in carry),
@@ -55,10 +58,6 @@ class TrainState:
     @property
     def spec(self) -> ModelSpec:
         return self.params.spec
-
-    @property
-    def batch(self) -> int:
-        return self.carry[0].shape[1]
 
     # the exercise's names: one layer, one stream, AdaGrad
     @property
@@ -128,11 +127,9 @@ def _lift(name: str, a: np.ndarray, shape: tuple) -> np.ndarray:
     return a
 
 
-def model_shapes(spec: ModelSpec, batch: int | None) -> dict[str, tuple[int, ...]]:
-    """Expected shapes of the arrays a model file may hold besides unknown extras.
-
-    batch: the carried state's streams when known (None: any batch is accepted by the caller).
-    """
+def model_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Expected shapes of the arrays a model file may hold (the carried state's streams, its
+    middle axis, as one: check_model_arrays accepts any)."""
     shapes = spec.shapes()
     L, m = spec.layers, spec.m
     expected = dict(shapes)
@@ -141,13 +138,13 @@ def model_shapes(spec: ModelSpec, batch: int | None) -> dict[str, tuple[int, ...
     for s in spec.state_names:
         expected[START[s]] = (L, m)
         expected[BEST_CARRY[s]] = (L, m)
-        expected[CARRY[s]] = (L, batch or 1, m)
+        expected[CARRY[s]] = (L, 1, m)
     return expected
 
 
 def check_model_arrays(spec: ModelSpec, arrays: dict[str, np.ndarray], dtype, path) -> None:
     """Shapes, dtypes and finiteness of a model file's arrays (format 2's (m,) states allowed)."""
-    expected = model_shapes(spec, None)
+    expected = model_shapes(spec)
     for name, a in arrays.items():
         want = expected.get(name, a.shape)
         if name in (*CARRY.values(),) and a.ndim == 3 and a.shape[::2] == want[::2]:

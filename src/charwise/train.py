@@ -16,7 +16,7 @@ import numpy as np
 
 from charwise import checkpoint, rundir, safeio
 from charwise.config import MAY_CHANGE, TrainConfig, config_from
-from charwise.corpus import Corpus, load_corpus
+from charwise.corpus import Corpus, load_recorded
 from charwise.engines import get_engine, pick
 from charwise.engines.reference import Dropout
 from charwise.errors import CharwiseError
@@ -78,14 +78,16 @@ class Trainer:
         self.model = CharModel.init(
             corpus.vocab, config.model, config.m, config.layers, config.sig, seed, dtype
         )
-        self.state = TrainState.fresh(self.model.params, self.optimizer.slots, config.batch)
+        self.state = TrainState.fresh(
+            self.model.params, batch=config.batch, opt=self.optimizer.init_state(self.model.params)
+        )
         self.sample_rng = np.random.default_rng((seed, 1))
         self.dropout = None
         if config.dropout:
             self.dropout = Dropout(config.dropout, tau, np.random.default_rng((seed, 2)))
         self.data = np.ascontiguousarray(self.train_corpus.data)
         self.elapsed = 0.0  # seconds spent training
-        self.first_loss = float("nan")  # loss of update 1, the divergence rule's yardstick
+        self.first_loss = float("nan")  # loss of update 1 (recorded in the checkpoint)
         self.target = 0  # the total updates the current run() aims at
         self.minutes = None  # and its budget of training minutes, if any
         self.resumes: list[dict] = []  # each resume: its update and the settings it changed
@@ -132,12 +134,7 @@ class Trainer:
         config = replace(config, **changes)
         source = meta["corpus"].get("source") if isinstance(meta.get("corpus"), dict) else None
         if corpus is None:
-            try:
-                corpus = load_corpus(**source)
-            except TypeError:
-                raise CharwiseError(
-                    f"{out} does not record its corpus; pass the CORPUS again"
-                ) from None
+            corpus = load_recorded(meta, out)
         vocab = Vocab.from_json(meta.get("vocab"))
         if vocab != corpus.vocab:
             raise CharwiseError(
@@ -152,9 +149,13 @@ class Trainer:
         trainer = cls(corpus, config, out, source, progress)
         trainer._restore(arrays, meta)
         trainer.resumes.append({"update": trainer.state.updates, "changed": changed})
-        trainer.lock.acquire()  # before the logs are repaired: no other process may write
-        repair_logs(out, trainer.state.updates)
-        rundir.remove_stale_temporaries(out)
+        try:
+            trainer.lock.acquire()  # before the logs are repaired: no other process may write
+            repair_logs(out, trainer.state.updates)
+            rundir.remove_stale_temporaries(out)
+        except OSError as exc:  # a read-only or vanished folder
+            trainer.lock.release()
+            raise trainer._write_error(exc) from None
         return trainer
 
     def _restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -395,7 +396,8 @@ class Trainer:
         self.emit("finish")
 
     def write_passage(self) -> str:
-        """The best model's passage, from its h_prev and first character (SPEC.md).
+        """The best model's passage, from the state its chunk started from (stream 0's) and
+        its first character (SPEC.md); document corpora draw new documents.
 
         Drawn from a copy of the sampling generator, so that continuing the run later
         draws the same samples as a run that never stopped here.
@@ -441,7 +443,8 @@ def memory_needed(spec: ModelSpec, config: TrainConfig, slots: int) -> int:
     n = sum(math.prod(shape) for shape in spec.shapes().values())
     item = np.dtype(config.dtype).itemsize
     steps = config.batch * config.seq_length * spec.layers * spec.m
-    return n * (3 + slots) * item + steps * (spec.cell.GATES + 3) * 8 + spec.K * 8 * steps // spec.m
+    logits = config.batch * config.seq_length * spec.K * 8 * 3  # logits, p and dL/do
+    return n * (3 + slots) * item + steps * (spec.cell.GATES + 3) * 8 + logits
 
 
 def available_memory() -> int:

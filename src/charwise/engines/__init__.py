@@ -63,6 +63,9 @@ def pick(name: str, spec, optimizer: str, batch: int, dropout: float, dtype: str
     get_engine(name)  # refuses an unknown name
     reason = why_not(name, spec, optimizer, batch, dropout, dtype)
     if reason:
-        hint = "use --engine fast" if dtype != "float64" else "use --engine reference"
+        hint = {
+            "fast": "use --engine auto (or reference, in float64) or --engine torch",
+            "reference": "use --engine fast or torch for float32",
+        }[name]
         raise CharwiseError(f"{reason}; {hint}")
     return name

@@ -150,7 +150,9 @@ def loss_and_grads(params: Params, x, y, state0=None, lengths=None, masks=None):
 
 def loss(params: Params, x, y, h0) -> float:
     """L = sum_t -log p_t[y_t] for one stream (a sum over the sequence, not a mean)."""
-    return loss_and_grads(params, x, y, h0)[0]
+    X = np.asarray(x).reshape(-1, 1)
+    O, _, _ = forward(params, X, as_state(params.spec, h0))
+    return float(-log_softmax(O)[np.arange(len(X)), np.asarray(y)].sum())
 
 
 def _run(params: Params, x, state: tuple) -> tuple:
@@ -160,8 +162,9 @@ def _run(params: Params, x, state: tuple) -> tuple:
     return tuple(last), O
 
 
-def advance(params: Params, h0, x) -> np.ndarray:
-    """The state after reading the characters x from h0 (an h alone in, an h alone out)."""
+def advance(params: Params, h0, x):
+    """The state after reading the characters x from h0: a state tuple for a tuple, an h
+    alone for an h alone."""
     state = as_state(params.spec, h0)
     if not len(x):
         return state if isinstance(h0, tuple) else np.array(h0, dtype=np.float64)
