@@ -218,3 +218,85 @@ def test_the_torch_engine_without_torch_is_a_one_line_error(monkeypatch):
     ):
         get_engine("torch")
     assert get_engine("reference") is reference
+
+
+@needs_torch
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(dtype="bfloat16"),
+        dict(dropout_rng="device"),
+        dict(dtype="bfloat16", dropout_rng="device"),
+    ],
+    ids=["bfloat16", "dropout-rng-device", "both"],
+)
+def test_torch_only_options_train_and_resume_exactly(settings, tmp_path):
+    """bfloat16 autocast (float32 weights) and device-drawn dropout masks: a run stopped and
+    resumed equals one run; their checkpoints hold float32 arrays every engine reads."""
+    from charwise import checkpoint
+    from charwise.model import CharModel
+    from charwise.train import Trainer
+    from runs import assert_same_run, small_config, write_corpus
+    from test_resume import interrupted_at
+
+    corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
+    base = dict(model="lstm", layers=2, optimizer="adam", batch=4, dropout=0.2, val_fraction=0.1)
+    config = lambda: small_config("torch", eval_every=30, **base | settings)  # noqa: E731
+    Trainer(corpus, config(), tmp_path / "whole").run(70, progress=False)
+    interrupted_at(Trainer(corpus, config(), tmp_path / "part"), 31, 70)
+    Trainer.resume(tmp_path / "part", corpus).run(70, progress=False)
+    assert_same_run(tmp_path / "whole", tmp_path / "part")
+    arrays, meta = checkpoint.load(tmp_path / "whole" / "checkpoint.npz")
+    stored = np.float32 if settings.get("dtype") == "bfloat16" else np.float64
+    assert {a.dtype for a in arrays.values()} == {np.dtype(stored)}
+    assert np.isfinite(meta["smooth_loss"]) and meta["smooth_loss"] < 2 * 10 * np.log(27)
+    model, _ = CharModel.load(tmp_path / "whole" / "best-val.npz")
+    assert len(model.sample(30, seed=1)) == 30  # the reference engine samples it
+
+
+def test_device_dropout_and_bfloat16_need_the_torch_engine(tmp_path):
+    from charwise.errors import CharwiseError
+    from charwise.train import Trainer
+    from runs import small_config, write_corpus
+
+    corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
+    with pytest.raises(CharwiseError, match="--dropout-rng device needs --engine torch"):
+        Trainer(corpus, small_config("reference", dropout=0.1, dropout_rng="device"), tmp_path)
+    with pytest.raises(
+        CharwiseError, match="no engine runs rnn m = 8 in bfloat16 on its own; use --engine torch"
+    ):
+        Trainer(corpus, small_config("auto", dtype="bfloat16"), tmp_path)
+
+
+def has_gpu() -> bool:
+    if not has_torch:
+        return False
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return torch.cuda.is_available() or (mps is not None and mps.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_gpu(), reason="no CUDA or MPS device")
+@pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
+def test_on_the_gpu_the_math_is_the_reference_s(family):
+    """On a CUDA device (float64): loss and gradients as the reference's."""
+    import torch
+
+    eng = get_engine("torch")
+    try:
+        eng.use_device("auto")
+        vocab, data = text_data()
+        state = random_state(family, 2, 4, "adam", len(vocab))
+        X, Y = reference.chunk_arrays(data, np.array([0, 50, 99, 160]), np.array([10, 10, 6, 9]))
+        lengths = [10, 10, 6, 9]
+        got = eng.loss_and_grads(state.params, X, Y, state.carry, lengths)
+        want = reference.loss_and_grads(state.params, X, Y, state.carry, lengths)
+        tol = REL if eng.DEVICE.type == "cuda" else 1e-5  # MPS has no float64
+        assert abs(got[0] - want[0]) <= tol * want[0]
+        for name, g in want[1].items():
+            assert rel(got[1][name], g) <= tol, name
+        assert torch.device(eng.DEVICE).type != "cpu"
+    finally:
+        eng.use_device("cpu")

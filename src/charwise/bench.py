@@ -21,7 +21,7 @@ import numpy as np
 
 from charwise.corpus import Corpus
 from charwise.engines import get_engine
-from charwise.optim import CLIP, EPS, ETA, TrainState
+from charwise.optim import CLIP, EPS, ETA, AdaGrad, TrainState
 from charwise.params import RNNParams
 from charwise.schedule import Schedule
 
@@ -109,10 +109,9 @@ class Engine:
         self.data, self.schedule = data, Schedule(len(data), tau)
 
     def train(self, updates: int) -> None:
-        starts, lengths, resets = self.schedule.block(self.state.updates, updates)
-        losses = np.empty(updates)
-        args = (self.data, starts, lengths, resets, ETA, EPS, CLIP, losses)
-        if self.engine.train_block(self.state, *args) < updates:
+        one = (a[:, None] for a in self.schedule.block(self.state.updates, updates))
+        losses, adagrad = np.empty(updates), AdaGrad(ETA, CLIP, EPS)
+        if self.engine.run_block(self.state, adagrad, self.data, *one, losses) < updates:
             raise RuntimeError("training diverged during the benchmark")
 
     def sample(self, n: int, rng: np.random.Generator):
@@ -188,8 +187,9 @@ class Row:
     sample_rates: list | None = None  # chars/s
 
 
-def contestants() -> tuple[list[Row], list[str]]:
-    """The rows of the table, and notes about rows left out."""
+def contestants(device: str | None = None) -> tuple[list[Row], list[str]]:
+    """The rows of the table, and notes about rows left out; with a device, the charwise
+    torch engine's rows on it too."""
     rows = [
         Row("(a) classic numpy loop", Classic),
         Row("(b) reference engine", lambda *a: Engine("reference", *a)),
@@ -201,6 +201,10 @@ def contestants() -> tuple[list[Row], list[str]]:
         rows.append(Row("(e) torch nn.RNN, 1 thread", Torch))
     else:
         notes.append("(e) torch nn.RNN: skipped, torch is not installed (pip install torch)")
+    if device is not None:
+        get_engine("torch").use_device(device)
+        for label, dtype in (("(f) torch engine float64", "float64"), ("(g)   float32", "float32")):
+            rows.append(Row(f"{label} {device}"[:28], lambda *a: Engine("torch", *a), dtype))
     return rows, notes
 
 
@@ -210,9 +214,16 @@ def _timed(func, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run(corpus: Corpus, m: int = 100, tau: int = 25, repeats: int = REPEATS, seed: int = 1):
+def run(
+    corpus: Corpus,
+    m: int = 100,
+    tau: int = 25,
+    repeats: int = REPEATS,
+    seed: int = 1,
+    device: str | None = None,
+):
     """Measure every contestant; returns (rows, notes)."""
-    rows, notes = contestants()
+    rows, notes = contestants(device)
     data = np.ascontiguousarray(corpus.data)
     Schedule(len(data), tau)  # the corpus must hold one sequence
     players, sizes = [], []

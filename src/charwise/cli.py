@@ -411,14 +411,21 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
 @click.option("--m", default=100, show_default=True, help="Hidden units.")
 @click.option("--seq-length", default=25, show_default=True, help="Characters per chunk.")
 @click.option("--repeats", default=5, show_default=True, help="Interleaved repetitions.")
-def bench(corpus, encoding, errors, m, seq_length, repeats):
+@click.option(
+    "--engine",
+    type=click.Choice(["torch"]),
+    default=None,
+    help="Also the charwise torch engine's rows (float64, float32) on --device.",
+)
+@click.option("--device", default="auto", show_default=True, help="--engine torch: its device.")
+def bench(corpus, encoding, errors, m, seq_length, repeats, engine, device):
     """Training and sampling speed of every engine side by side, against a classic loop."""
     from charwise import bench as benchmark
 
     if repeats < 1 or m < 1 or seq_length < 1:
         raise CharwiseError("--repeats, --m and --seq-length must be positive")
     c = load_corpus(corpus, encoding, errors)
-    rows, notes = benchmark.run(c, m, seq_length, repeats)
+    rows, notes = benchmark.run(c, m, seq_length, repeats, device=device if engine else None)
     click.echo(benchmark.table(c, rows, notes, m, seq_length))
 
 

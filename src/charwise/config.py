@@ -14,7 +14,8 @@ from charwise.schedule import CHUNKS
 from charwise.settings import same_kind, setting
 
 ENGINE_CHOICES = CHOICES
-DTYPES = ("float64", "float32")
+DTYPES = ("float64", "float32", "bfloat16")
+DROPOUT_RNGS = ("numpy", "device")
 
 
 @dataclass
@@ -58,7 +59,16 @@ class TrainConfig:
     )
     device: str = setting("auto", "--engine torch: auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps.")
     dtype: str = setting(
-        "float64", "Parameter type (float32: fast and torch engines).", choices=DTYPES
+        "float64",
+        "Parameter type (float32: fast and torch engines; bfloat16: torch's autocast, float32 "
+        "weights).",
+        choices=DTYPES,
+    )
+    dropout_rng: str = setting(
+        "numpy",
+        "Dropout masks: numpy's generator (every engine alike) or the torch device's (faster "
+        "on a GPU, other masks).",
+        choices=DROPOUT_RNGS,
     )
     checkpoint_every: int = setting(
         0, "Checkpoint every N updates (0: only timed ones).", minimum=0
@@ -73,6 +83,8 @@ class TrainConfig:
 
     def check(self) -> None:
         """One-line errors for values out of range, naming the option."""
+        if self.dropout_rng == "device" and self.engine != "torch":
+            raise CharwiseError("--dropout-rng device needs --engine torch")
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
             option = f"--{f.name.replace('_', '-')}"

@@ -17,7 +17,7 @@ import numpy as np
 from charwise import checkpoint, rundir, safeio
 from charwise.config import MAY_CHANGE, TrainConfig, config_from
 from charwise.corpus import Corpus, load_recorded
-from charwise.engines import get_engine, pick
+from charwise.engines import get_engine, pick, storage_dtype
 from charwise.engines.reference import Dropout
 from charwise.errors import CharwiseError
 from charwise.events import default_listeners
@@ -72,9 +72,10 @@ class Trainer:
         self.engine = get_engine(self.engine_name)
         if hasattr(self.engine, "use_device"):
             self.device = str(self.engine.use_device(config.device))
+            self.engine.use_autocast(config.dtype == "bfloat16")
         tau, seed = config.seq_length, config.seed
         self.schedule = make_schedule(self.train_corpus, tau, config.batch, config.chunks, seed)
-        dtype = np.dtype(config.dtype)
+        dtype = np.dtype(storage_dtype(config.dtype))
         self.model = CharModel.init(
             corpus.vocab, config.model, config.m, config.layers, config.sig, seed, dtype
         )
@@ -83,7 +84,9 @@ class Trainer:
         )
         self.sample_rng = np.random.default_rng((seed, 1))
         self.dropout = None
-        if config.dropout:
+        if config.dropout and config.dropout_rng == "device":
+            self.dropout = self.engine.DeviceDropout(config.dropout, tau, seed)
+        elif config.dropout:
             self.dropout = Dropout(config.dropout, tau, np.random.default_rng((seed, 2)))
         self.data = np.ascontiguousarray(self.train_corpus.data)
         self.elapsed = 0.0  # seconds spent training
@@ -177,7 +180,7 @@ class Trainer:
             self.resumes = list(meta["resumes"])
             self.schedule.set_state(meta.get("schedule", {}), updates)
             if self.dropout is not None:
-                self.dropout.rng.bit_generator.state = meta["dropout_rng"]
+                self.dropout.set_state(meta["dropout_rng"])
             self.best_val = meta.get("best_val")
             self.last_eval = int(meta.get("last_eval", -1))
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -281,7 +284,7 @@ class Trainer:
         if not self.engine.cached():
             self.emit("message", f"compiling the {self.engine_name} engine (once, under a minute)")
         t0 = time.perf_counter()
-        warm_up(self.config.dtype)
+        warm_up(storage_dtype(self.config.dtype))
         if time.perf_counter() - t0 > 5:
             self.emit("message", f"engine ready in {time.perf_counter() - t0:.1f} s")
 
@@ -347,7 +350,7 @@ class Trainer:
             "target_minutes": self.minutes,
             "sample_rng": self.sample_rng.bit_generator.state,
             "schedule": self.schedule.state(),
-            "dropout_rng": self.dropout.rng.bit_generator.state if self.dropout else None,
+            "dropout_rng": self.dropout.state() if self.dropout else None,
             "best_val": self.best_val,
             "last_eval": self.last_eval,
             "resumes": self.resumes,
@@ -441,7 +444,7 @@ def memory_needed(spec: ModelSpec, config: TrainConfig, slots: int) -> int:
     """Bytes a run holds about at once: parameters, optimiser slots, gradients and the best
     copy, and the activations of one update (every step, layer and gate, kept for BPTT)."""
     n = sum(math.prod(shape) for shape in spec.shapes().values())
-    item = np.dtype(config.dtype).itemsize
+    item = np.dtype(storage_dtype(config.dtype)).itemsize
     steps = config.batch * config.seq_length * spec.layers * spec.m
     logits = config.batch * config.seq_length * spec.K * 8 * 3  # logits, p and dL/do
     return n * (3 + slots) * item + steps * (spec.cell.GATES + 3) * 8 + logits

@@ -42,6 +42,8 @@ def why_not(name: str, spec, optimizer: str, batch: int, dropout: float, dtype: 
     if name == "torch":
         return None  # every model; whether torch is installed is get_engine's to say
     reasons = []
+    if dtype not in ("float64", "float32"):
+        reasons.append(f"--dtype {dtype} (it runs float64 and float32)")
     if spec.family != "rnn" or spec.layers != 1:
         reasons.append(f"{spec.describe()} (it runs the one-layer rnn)")
     if optimizer != "adagrad":
@@ -53,13 +55,19 @@ def why_not(name: str, spec, optimizer: str, batch: int, dropout: float, dtype: 
     return f"the {name} engine does not yet run " + ", ".join(reasons) if reasons else None
 
 
+def storage_dtype(dtype: str) -> str:
+    """The numpy type of the arrays: bfloat16 (torch's autocast) keeps float32 weights."""
+    return "float32" if dtype == "bfloat16" else dtype
+
+
 def pick(name: str, spec, optimizer: str, batch: int, dropout: float, dtype: str) -> str:
     """The engine for a run: `name`, or for auto the first of ENGINES that runs it."""
     if name == "auto":
         for candidate in ENGINES:
             if why_not(candidate, spec, optimizer, batch, dropout, dtype) is None:
                 return candidate
-        raise CharwiseError(f"no engine runs {spec.describe()} in {dtype}; use --dtype float64")
+        hint = "--engine torch" if dtype == "bfloat16" else "--dtype float64 or --engine torch"
+        raise CharwiseError(f"no engine runs {spec.describe()} in {dtype} on its own; use {hint}")
     get_engine(name)  # refuses an unknown name
     reason = why_not(name, spec, optimizer, batch, dropout, dtype)
     if reason:

@@ -254,6 +254,13 @@ class Dropout:
         shape = (batch, self.tau, spec.m)
         return [(self.rng.random(shape) >= self.p) / (1.0 - self.p) for _ in range(spec.layers)]
 
+    def state(self):
+        """The generator's state, for the checkpoint."""
+        return self.rng.bit_generator.state
+
+    def set_state(self, state) -> None:
+        self.rng.bit_generator.state = state
+
 
 def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None) -> int:
     """Run len(starts) updates of the protocol (SPEC.md) on `state`; losses[k] gets each loss.

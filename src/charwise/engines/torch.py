@@ -28,6 +28,7 @@ MODULES = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
 EVAL_PIECE = 4096  # evaluation reads a long text in pieces of this many steps, state carried
 EVAL_BATCH = 256  # and short documents this many at a time, side by side
 DEVICE = torch.device("cpu")  # set by use_device()
+AUTOCAST = False  # bfloat16 autocast of the forward and backward passes (use_autocast)
 
 
 def use_device(name: str = "auto") -> torch.device:
@@ -48,6 +49,40 @@ def use_device(name: str = "auto") -> torch.device:
         ) from None
     DEVICE = device
     return device
+
+
+def use_autocast(on: bool) -> None:
+    """--dtype bfloat16: the layers compute in bfloat16 under torch.autocast, the weights,
+    optimiser state and every update stay float32 (what checkpoints hold)."""
+    global AUTOCAST
+    AUTOCAST = bool(on)
+
+
+def _autocast():
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=AUTOCAST)
+
+
+class DeviceDropout:
+    """--dropout-rng device: the masks of reference.Dropout, (rand >= p) / (1 - p) in the same
+    order, drawn on the device from torch's generator seeded with seed * 1000003 + 2 (other
+    masks than numpy's, so runs differ from the other engines'; no copy per update)."""
+
+    def __init__(self, p: float, tau: int, seed: int):
+        self.p, self.tau = p, tau
+        self.generator = torch.Generator(device=DEVICE).manual_seed(seed * 1_000_003 + 2)
+
+    def masks(self, spec, batch: int) -> list[torch.Tensor]:
+        shape = (batch, self.tau, spec.m)
+        return [
+            (torch.rand(shape, generator=self.generator, device=DEVICE) >= self.p) / (1 - self.p)
+            for _ in range(spec.layers)
+        ]
+
+    def state(self) -> list[int]:
+        return self.generator.get_state().tolist()
+
+    def set_state(self, state) -> None:
+        self.generator.set_state(torch.tensor(state, dtype=torch.uint8))
 
 
 class Net:
@@ -170,9 +205,11 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _masks(masks, T: int, dtype):
-    """numpy dropout masks (B, tau, m) as device tensors (T, B, m)."""
+    """Dropout masks (B, tau, m), numpy's or the device's, as device tensors (T, B, m)."""
     if masks is None:
         return None
+    if isinstance(masks[0], torch.Tensor):
+        return [m.transpose(0, 1)[:T].to(dtype) for m in masks]
     return [_tensor(np.ascontiguousarray(m.transpose(1, 0, 2)[:T]), dtype) for m in masks]
 
 
@@ -221,8 +258,10 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
         masks = dropout.masks(spec, X.shape[1]) if dropout is not None else None
         for t in net.tensors.values():
             t.grad = None
-        logits, new_carry = net.forward(_long(X), lens, carry, _masks(masks, X.shape[0], dtype))
-        loss = _loss(logits, _long(Y), lens)
+        with _autocast():
+            tmasks = _masks(masks, X.shape[0], dtype)
+            logits, new_carry = net.forward(_long(X), lens, carry, tmasks)
+            loss = _loss(logits.float() if AUTOCAST else logits, _long(Y), lens)
         loss.backward()
         finite = torch.stack([torch.isfinite(net.grad(n)).all() for n in names]).all()
         L, ok = (v.item() for v in (loss.detach(), finite))
@@ -243,7 +282,7 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
             for n in names:
                 slot = {s: slots[s][n] for s in slots}
                 _step(optimizer, net.values(n), net.grad(n), slot, state.updates + 1)
-        carry = tuple(s.detach() for s in new_carry)
+        carry = tuple(s.detach().to(dtype) for s in new_carry)
         state.updates += 1
     for n in names:  # back to the TrainState's arrays at the block's end
         state.params[n][...] = _numpy(net.values(n))
