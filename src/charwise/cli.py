@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import sys
 import time
@@ -587,6 +588,53 @@ def report_stopped(exc, folder: Path) -> None:
         err=True,
     )
     sys.exit(128 + exc.signum)
+
+
+@main.command()
+@click.argument("sweep_file", required=False, type=click.Path(path_type=Path), metavar="[SWEEP]")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Sweep folder.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Continue the sweep in this folder (finished trials are not run again).",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Join a running Ray cluster (ray://HOST:PORT or auto) instead of starting Ray here.",
+)
+def sweep(sweep_file, out, resume_dir, address):
+    """Run the trials of SWEEP (a TOML file) on Ray Tune into --out: each an ordinary run in
+    OUT/trials/, ASHA stopping the poor ones early; results.csv, sweep.md and sweep.html."""
+    from charwise import sweep as sweeps
+
+    if resume_dir is not None:
+        if sweep_file is not None or out is not None:
+            raise CharwiseError("--resume DIR reads the sweep from DIR; drop SWEEP and --out")
+        folder = resume_dir
+        plan = sweeps.read_sweep(folder / "sweep.toml")
+    else:
+        if sweep_file is None or out is None:
+            raise CharwiseError("give a SWEEP file and --out DIR (or --resume DIR)")
+        plan = sweeps.read_sweep(sweep_file)
+        if (out / "sweep.toml").exists():
+            raise CharwiseError(f"{out} already holds a sweep; continue it with --resume {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sweep_file, out / "sweep.toml")
+        folder = out
+    rows = sweeps.run_sweep(plan, folder, address=address, resume=resume_dir is not None)
+    unfinished = [r for r in rows if r["status"] not in ("finished", "stopped early")]
+    paths = sweeps.write_results(rows, plan, folder)
+    click.echo("\n".join(str(p) for p in paths))
+    if unfinished:
+        click.echo(
+            f"charwise: {len(unfinished)} trial(s) did not finish; continue with: "
+            f"charwise sweep --resume {folder}",
+            err=True,
+        )
+        sys.exit(130)
 
 
 @main.command()
