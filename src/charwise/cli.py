@@ -453,6 +453,7 @@ def sample(checkpoint, latest, length, count, prime, temperature, top_p, seed, e
     import numpy as np
 
     from charwise import rundir
+    from charwise.generate import sample_length
     from charwise.model import DOC_SEPARATOR, CharModel
 
     require_positive(length=length, count=count)
@@ -463,12 +464,10 @@ def sample(checkpoint, latest, length, count, prime, temperature, top_p, seed, e
     model.engine(engine, device)  # refuses what the engine cannot run, places the torch one
     rng = np.random.default_rng(seed)
     kw = dict(temperature=temperature, top_p=top_p, engine=engine, rng=rng)
-    cap = model.meta.get("config", {}).get("max_length", 200)  # a document model's length
+    length = sample_length(model, length, prime)
     if model.vocab.end is not None and prime is None:
-        texts = model.sample_documents(count, length or cap, **kw)
+        texts = model.sample_documents(count, length, **kw)
     else:
-        if length is None:  # a primed document ends within the trained cap, prime included
-            length = max(0, cap - len(prime)) if model.vocab.end is not None else 1000
         indices = [model.sample_indices(length, prime, **kw) for _ in range(count)]
         end = model.vocab.end or ""
         texts = [(prime or "") + model.vocab.decode(i).removesuffix(end) for i in indices]
@@ -635,6 +634,27 @@ def sweep(sweep_file, out, resume_dir, address):
             err=True,
         )
         sys.exit(130)
+
+
+@main.command()
+@click.argument("runs_dir", default="runs", type=click.Path(path_type=Path), metavar="[RUNS_DIR]")
+@click.option("--port", default=0, show_default="a free port", help="Port to listen on.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; anything but loopback makes the dashboard reachable by others.",
+)
+@click.option("--no-browser", is_flag=True, help="Do not open the page in a browser.")
+def serve(runs_dir, port, host, no_browser):
+    """The web dashboard of the runs in RUNS_DIR: follow training live, compare runs, start,
+    stop and resume them, and sample with each character coloured by its surprisal."""
+    from charwise.web import serve as serve_dashboard
+
+    if not 0 <= port <= 65535:
+        raise CharwiseError("--port must be between 0 and 65535")
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    serve_dashboard(runs_dir, host, port, browser=not no_browser)
 
 
 @main.command()

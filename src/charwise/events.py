@@ -2,16 +2,18 @@
 
 The trainer runs blocks of updates and emits events; each listener reacts to the ones it
 names (a method on_<event>): the metrics log, the samples, validation, checkpoints, the
-progress bar or log lines, the loss figure. The web page will be one more listener.
+progress bar or log lines, the loss figure, the events log (which the web page follows).
 
 Events, in the order of one block: block (the losses) -> step (the update count after it,
 for progress, samples, validation) -> block_end (checkpoints). Around them: start (a fresh
 run's first files), begin (each run() call), message (text to show), evaluated (a
-validation row), finish (the final models are written), end (run() returns or stops).
+validation row), checkpoint (one was written), finish (the final models are written),
+interrupted / diverged (why a run stops early), end (run() returns or stops).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -143,6 +145,46 @@ class Checkpoints:
             trainer.save_checkpoint()
 
 
+class EventLog:
+    """events.log: the run's history for the dashboard: start, resume (what changed), each
+    checkpoint and validation, finish, interrupted (by which signal), diverged, end."""
+
+    def __init__(self):
+        self.resume_logged = False
+
+    def on_start(self, trainer) -> None:
+        self.log(trainer, "start", target=trainer.target, minutes=trainer.minutes)
+
+    def on_begin(self, trainer, total: int | None) -> None:
+        resume = trainer.resumes[-1] if trainer.resumes else None
+        if resume and resume["update"] == trainer.state.updates and not self.resume_logged:
+            self.resume_logged = True
+            self.log(trainer, "resume", changed=resume["changed"], target=total)
+
+    def on_checkpoint(self, trainer) -> None:
+        self.log(trainer, "checkpoint")
+
+    def on_evaluated(self, trainer, row: dict) -> None:
+        self.log(trainer, "evaluated", val_bits=row["val_bits"])
+
+    def on_finish(self, trainer) -> None:
+        self.log(trainer, "finish")
+
+    def on_interrupted(self, trainer, signal_name: str) -> None:
+        self.log(trainer, "interrupted", signal=signal_name)
+
+    def on_diverged(self, trainer, update: int, reason: str) -> None:
+        self.log(trainer, "diverged", at=update, reason=reason)
+
+    def on_end(self, trainer) -> None:
+        self.log(trainer, "end")
+
+    @staticmethod
+    def log(trainer, event: str, **facts) -> None:
+        facts = {"update": trainer.state.updates, "pid": os.getpid(), **facts}
+        rundir.log_event(trainer.out, event, **facts)
+
+
 class LossFigure:
     """loss.png when the run's final models are written."""
 
@@ -226,7 +268,7 @@ class Progress:
 
 def default_listeners(trainer, progress: bool = True) -> list:
     """The listeners of every run, in the order they hear each event."""
-    listeners = [MetricsLog(), Progress(progress), Sampler()]
+    listeners = [EventLog(), MetricsLog(), Progress(progress), Sampler()]
     if trainer.val_corpus is not None:
         listeners.append(Validation(trainer))
     return listeners + [Checkpoints(), LossFigure()]

@@ -4,6 +4,7 @@ repairing them on resume (the checkpoint is the truth)."""
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import time
@@ -23,6 +24,7 @@ FINAL, BEST, BEST_VAL = "final.npz", "best.npz", "best-val.npz"
 PASSAGE = "best_passage.txt"
 VAL_PASSAGE = "best-val_passage.txt"
 LOSS_PNG = "loss.png"
+EVENTS = "events.log"  # one JSON object a line: start, resume, checkpoint, ..., end
 METRICS_HEADER = "update,epoch,loss,smooth_loss"
 EVAL_COLUMNS = ("update", "epoch", "train_nats", "val_nats", "val_bits", "wall_seconds")
 EVAL_HEADER = ",".join(EVAL_COLUMNS)
@@ -31,7 +33,8 @@ EVAL_HEADER = ",".join(EVAL_COLUMNS)
 LOCK = ".lock"  # held (flock) by the process that runs in the directory
 LOCK_TRIES = 5  # attempts 50 ms apart before a held lock is an error
 REPORT_FILES = ("report.json", "report.md", "report.html", "overfit.png")
-FILES = (CHECKPOINT, METRICS, SAMPLES, EVAL, FINAL, BEST, BEST_VAL, PASSAGE, VAL_PASSAGE, LOSS_PNG)
+FILES = (CHECKPOINT, METRICS, SAMPLES, EVAL, FINAL, BEST, BEST_VAL, PASSAGE, VAL_PASSAGE)
+FILES += (LOSS_PNG, EVENTS)
 
 
 def append(path: Path, lines: list[str]) -> None:
@@ -104,7 +107,7 @@ def sample_header(update: int, epoch: int, smooth: float, chars: int) -> str:
     return f"--- update {update}, epoch {epoch}, loss {loss}, chars {chars} ---"
 
 
-def _sample_records(raw: str):
+def sample_records(raw: str):
     """(end offset, update, epoch, smooth loss, text) of each complete record of samples.txt."""
     pos = 0
     while True:
@@ -130,7 +133,7 @@ def read_samples(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8", newline="") as f:
         raw = f.read()
     keys = ("update", "epoch", "smooth_loss", "text")
-    return [dict(zip(keys, rec[1:], strict=True)) for rec in _sample_records(raw)]
+    return [dict(zip(keys, rec[1:], strict=True)) for rec in sample_records(raw)]
 
 
 def _read_table(path: Path, columns: int, what: str) -> np.ndarray:
@@ -192,7 +195,7 @@ def repair_logs(out: Path, updates: int) -> None:
     samples = out / SAMPLES
     text = samples.read_bytes().decode("utf-8", "surrogateescape") if samples.exists() else ""
     keep = 0
-    for end, update, *_ in _sample_records(text):
+    for end, update, *_ in sample_records(text):
         if update > updates:
             break
         keep = end
@@ -220,6 +223,30 @@ def remove_stale_temporaries(out: Path) -> None:
             stale.unlink()
 
 
+def log_event(out: Path, event: str, **facts) -> None:
+    """Append an event of the run's history to events.log (never cut on resume: what happened,
+    including updates a resume redid)."""
+    record = {"time": round(time.time(), 3), "event": event, **facts}
+    append(out / EVENTS, [json.dumps(record) + "\n"])
+
+
+def read_events(out: Path) -> list[dict]:
+    """The events of RUN/events.log (a partial or unreadable line is skipped); [] without one."""
+    try:
+        raw = safeio.read_from(out / EVENTS)
+    except OSError:
+        return []
+    events = []
+    for line in raw.split(b"\n")[:-1]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("event"), str):
+            events.append(record)
+    return events
+
+
 def is_running(out: Path) -> bool:
     """Whether a process holds the run directory (its lock is taken)."""
     import fcntl
@@ -238,9 +265,10 @@ def is_running(out: Path) -> bool:
 
 
 def describe(out: Path) -> dict | None:
-    """What `charwise runs` shows of a run directory (None: not a run). Status: running (a
-    process holds it), finished (its final files match its checkpoint and it reached its
-    target), stopped (Ctrl-C, a kill, a divergence: resume it)."""
+    """What `charwise runs` and the dashboard show of a run directory (None: not a run).
+    Status: running (a process holds it), finished (its final files match its checkpoint and it
+    reached its target), diverged (its last stop was a divergence), stopped (Ctrl-C, a kill:
+    resume it)."""
     from charwise import checkpoint
 
     if not (out / CHECKPOINT).is_file():
@@ -261,13 +289,22 @@ def describe(out: Path) -> dict | None:
         status = (
             "finished" if final.stat().st_mtime >= (out / CHECKPOINT).stat().st_mtime else status
         )
+    events = read_events(out)
+    stops = [e["event"] for e in events if e["event"] not in ("end", "checkpoint")]
+    if status == "stopped" and stops and stops[-1] == "diverged":
+        status = "diverged"
     best = meta.get("best_val") if isinstance(meta.get("best_val"), dict) else {}
     layers = config.get("layers", 1)
-    model = f"{layers}x" if layers > 1 else ""
+    model = f"{layers}x " if layers > 1 else ""
     return {
         "run": out.name,
         "corpus": meta.get("corpus", {}).get("name", "?"),
         "model": f"{model}{config.get('model', 'rnn')} {config.get('m')}",
+        "family": config.get("model", "rnn"),
+        "layers": layers,
+        "m": config.get("m"),
+        "seq_length": config.get("seq_length"),
+        "batch": config.get("batch", 1),
         "optimizer": config.get("optimizer", "adagrad"),
         "updates": updates,
         "target": target or (f"{minutes:g} min" if minutes else "?"),
@@ -275,6 +312,7 @@ def describe(out: Path) -> dict | None:
         "status": status,
         "train_s": seconds,
         "modified": (out / CHECKPOINT).stat().st_mtime,
+        "started": events[0]["time"] if events else None,
     }
 
 

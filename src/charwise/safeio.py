@@ -76,6 +76,13 @@ def append(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+def read_from(path: str | Path, offset: int = 0) -> bytes:
+    """The bytes of path from offset on, never through a symlink (OSError: missing, a link)."""
+    with os.fdopen(open_fd_nofollow(path, os.O_RDONLY), "rb") as f:
+        f.seek(offset)
+        return f.read()
+
+
 def truncate(path: str | Path, size: int) -> None:
     """Cut path to size bytes and fsync it, never through a symlink."""
     with open_nofollow(path, os.O_RDWR | os.O_CREAT) as f:

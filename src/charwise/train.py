@@ -266,6 +266,7 @@ class Trainer:
                     self.emit("block_end")
                     self.checkpoint_wanted = False
                     if self.stop_signal:
+                        self.emit("interrupted", signal.Signals(self.stop_signal).name)
                         raise Interrupted(self.stop_signal, state.updates, self.out)
                     rate = n / max(self.elapsed - t0, 1e-9)
                     cap = max(1, min(BLOCK_MAX, int(rate * BLOCK_SECONDS)))
@@ -323,6 +324,7 @@ class Trainer:
             self._diverged(u0 + done + 1, f"loss {losses[done]} or a gradient is not finite")
 
     def _diverged(self, update: int, reason: str):
+        self.emit("diverged", update, reason)
         raise CharwiseError(
             f"training diverged at update {update} ({reason}); the last good checkpoint "
             f"(update {self.saved_update}) is kept; continue it with a lower learning rate: "
@@ -357,6 +359,7 @@ class Trainer:
         }
         checkpoint.save(self.out / CHECKPOINT, arrays, meta, kind="checkpoint")
         self.saved_at, self.saved_update = time.monotonic(), self.state.updates
+        self.emit("checkpoint")
 
     def meta(self) -> dict:
         s = self.state

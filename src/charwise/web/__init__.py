@@ -1,0 +1,59 @@
+"""The local web dashboard (`charwise serve`): an optional extra, imported only when used."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import socket
+import threading
+import webbrowser
+from pathlib import Path
+
+from charwise.errors import CharwiseError
+
+WEB_HINT = 'pip install -e ".[web]"'
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 0, browser: bool = True) -> None:
+    """Serve the dashboard for runs_dir until Ctrl-C; prints its URL with the access token."""
+    try:
+        import uvicorn
+
+        from charwise.web.app import make_app
+    except ImportError:
+        raise CharwiseError(f"charwise serve needs Starlette and uvicorn: {WEB_HINT}") from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CharwiseError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    names = {shown} | ({"localhost", "127.0.0.1"} if _loopback(host) else set())
+    token = secrets.token_urlsafe(24)
+    app = make_app(runs_dir, token, {f"{name}:{port}" for name in names})
+    url = f"http://{shown}:{port}/?token={token}"
+    if not _loopback(host):
+        print(
+            f"charwise: warning: serving on {host}, reachable from other machines; anyone with "
+            "the token can start processes and read your runs",
+            flush=True,
+        )
+    print(f"charwise dashboard of {Path(runs_dir).resolve()}:\n    {url}", flush=True)
+    print("Ctrl-C stops it (the runs it started checkpoint and stop too)", flush=True)
+    if browser:
+        threading.Timer(0.5, webbrowser.open, (url,)).start()
+    config = uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=3, lifespan="on", access_log=False
+    )
+    uvicorn.Server(config).run(sockets=[sock])
