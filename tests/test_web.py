@@ -248,7 +248,7 @@ def test_a_long_run_is_thinned_to_at_most_POINTS_points(tmp_path):
         c.cookies.set("charwise_token", TOKEN)
         updates = c.get("/api/runs/long/curves").json()["metrics"]["update"]
     assert len(updates) <= POINTS + 1 and updates[-1] == 12_345
-    assert updates[:3] == [7, 14, 21]  # every 7th: ceil(12,345 / 2,000)
+    assert updates[:3] == [8, 16, 24]  # every 8th: the power of two >= 12,345 / 2,000
 
 
 def small_run(tmp_path: Path, run: Path) -> None:

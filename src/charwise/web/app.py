@@ -78,7 +78,8 @@ class Dashboard:
         path = self.runs_dir / name
         if bad or path.is_symlink() or path.resolve().parent != self.runs_dir:
             raise LookupError(name)
-        if not path.is_dir() or not (path / rundir.CHECKPOINT).is_file():
+        started = name in self.jobs.by_run  # its folder may not exist yet
+        if not started and not (path.is_dir() and (path / rundir.CHECKPOINT).is_file()):
             raise LookupError(name)
         return path
 
@@ -185,7 +186,7 @@ def routes(dash: Dashboard) -> list[Route]:
                 "models": list(FAMILIES),
                 "optimizers": list(OPTIMIZERS),
                 "defaults": {k: getattr(defaults, k) for k in FORM_SETTINGS}
-                | {"updates": 10_000, "minutes": None},
+                | {"eta": None, "updates": 10_000, "minutes": None},  # eta: the optimiser's
             },
             headers=HEADERS,
         )
@@ -324,28 +325,22 @@ async def _follow(dash: Dashboard, out: Path):
     samples = follow.SampleTail(out / rundir.SAMPLES)
     events = follow.Tail(out / rundir.EVENTS)
     yield "retry: 1000\n\n"
-    first, stride, sent, status, looked, console = True, 0, 0, None, 0.0, 0
+    first, status, looked, thinner = True, None, 0.0, None
+    job, console = None, 0  # the child whose output was sent, and how many of its lines
     while not (metrics.reset or evals.reset or samples.reset):
         now = time.monotonic()
         if now - looked >= STATUS_EVERY:
-            facts = await asyncio.to_thread(follow.run_facts, out) or {}
+            facts = await asyncio.to_thread(follow.run_facts, out) or {"status": "starting"}
             looked = now
             news = {k: facts.get(k) for k in ("status", "updates", "target")}
             if news != status:
                 status = news
                 yield sse("status", news)
-        rows = follow.parse_rows(metrics.lines(), 4)
-        if first:
-            target = status.get("target") if isinstance(status.get("target"), int) else 0
-            stride = follow.stride_for(len(rows), target)
-        kept = [r for r in rows if r[0] % stride == 0]
-        if first and rows and rows[-1][0] % stride:
-            kept.append(rows[-1])
-        if kept:
-            sent += len(kept)
-            yield sse("metrics", {"rows": kept})
-        if sent > 2 * follow.POINTS:  # a run longer than its target thought: thin the rest
-            stride, sent = stride * 2, 0
+        if thinner is None:
+            thinner = follow.Thinner(status["target"] if isinstance(status["target"], int) else 0)
+        rows = thinner.rows(metrics.lines(), last=first)
+        if rows:
+            yield sse("metrics", {"rows": rows})
         rows = follow.parse_rows(evals.lines(), len(rundir.EVAL_COLUMNS))
         if rows:
             yield sse("eval", {"rows": rows})
@@ -357,7 +352,8 @@ async def _follow(dash: Dashboard, out: Path):
                 yield sse("event", json.loads(line))
             except ValueError:
                 continue
-        job = dash.jobs.by_run.get(out.name)
+        if dash.jobs.by_run.get(out.name) is not job:  # a new child (a resume)
+            job, console = dash.jobs.by_run.get(out.name), 0
         if job is not None and job.count > console:
             yield sse("console", {"lines": job.new_lines(console)})
             console = job.count

@@ -27,7 +27,8 @@ def run_facts(out: Path) -> dict | None:
 def details(out: Path) -> dict:
     """What the run page shows besides its curves: settings, corpus, best validation, events,
     and which models can be sampled."""
-    facts = run_facts(out) or {"name": out.name, "status": "unreadable"}
+    starting = not (out / rundir.CHECKPOINT).is_file()  # a run the server just started
+    facts = run_facts(out) or {"name": out.name, "status": "starting" if starting else "unreadable"}
     try:
         meta = checkpoint.read_meta(out / rundir.CHECKPOINT)
     except CharwiseError:
@@ -53,9 +54,32 @@ MODEL_FILES = {
 }
 
 
-def stride_for(rows: int, target: int) -> int:
-    """Every stride-th update is charted, so that a run's curve has at most ~POINTS points."""
-    return max(1, math.ceil(max(rows, target) / POINTS))
+class Thinner:
+    """Keeps every stride-th update of metrics.csv for a chart: the stride is the smallest power
+    of two at least max(target, latest update) / POINTS, so a run's curve has at most about
+    POINTS points (a run without an updates target: about POINTS/2 more each time its length
+    doubles), and the points kept before a stride doubled stay valid."""
+
+    def __init__(self, target: int = 0):
+        self.target, self.stride = target, 1
+
+    def rows(self, lines: list[bytes], last: bool = False) -> list[list[float]]:
+        """The kept rows of consecutive lines of metrics.csv (and the final one, with last);
+        only those are parsed."""
+        lines = [line for line in lines if line[:1].isdigit()]  # not the header
+        if not lines:
+            return []
+        try:
+            u0 = int(lines[0].split(b",", 1)[0])
+        except ValueError:
+            return []
+        end = u0 + len(lines) - 1  # one row per update, in order (repair_logs keeps it so)
+        while self.stride * POINTS < max(self.target, end):
+            self.stride *= 2
+        picked = lines[(-u0) % self.stride :: self.stride]
+        if last and end % self.stride:
+            picked.append(lines[-1])
+        return parse_rows(picked, 4)
 
 
 def parse_rows(lines: list[bytes], columns: int) -> list[list[float]]:
@@ -72,16 +96,10 @@ def parse_rows(lines: list[bytes], columns: int) -> list[list[float]]:
 
 
 def curves(out: Path) -> dict:
-    """The run's training curve (every stride-th update and the last) and its evaluations."""
+    """The run's training curve (thinned, with its last update) and its evaluations."""
     facts = run_facts(out) or {}
-    metrics = Tail(out / rundir.METRICS)
-    rows = parse_rows(metrics.lines(), 4)
-    stride = stride_for(
-        len(rows), facts.get("target") if isinstance(facts.get("target"), int) else 0
-    )
-    kept = [r for r in rows if r[0] % stride == 0] + (
-        [rows[-1]] if rows and rows[-1][0] % stride else []
-    )
+    target = facts.get("target") if isinstance(facts.get("target"), int) else 0
+    kept = Thinner(target).rows(Tail(out / rundir.METRICS).lines(), last=True)
     evals = parse_rows(Tail(out / rundir.EVAL).lines(), len(rundir.EVAL_COLUMNS))
     return {
         "seq_length": facts.get("seq_length"),

@@ -153,7 +153,7 @@ function drawChart(svg, series, opts = {}) {
   // Data extents over finite points.
   let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity, count = 0;
   const shown = series.map((s) => {
-    const step = Math.max(1, Math.ceil(s.pts.length / 5000)); // only thin out very long series
+    const step = Math.max(1, Math.ceil(s.pts.length / 20000)); // only thin out very long series
     const pts = step === 1 ? s.pts : s.pts.filter((p, i) => i % step === 0 || i === s.pts.length - 1);
     for (const [x, y] of pts) {
       if (!isNum(x) || !isNum(y)) continue;
@@ -665,7 +665,7 @@ function showTip(span) {
   tip.replaceChildren(
     el('div', { class: 'tip-char' }, showChar(String(info.c ?? ''))),
     el('div', null, `surprisal ${fmt(info.s, 2)} bits · entropy ${fmt(info.h, 2)} bits`),
-    el('table', null, ...top.map(([c, p]) => el('tr', null, el('td', { class: 'tc' }, showChar(String(c))), el('td', null, fmt(p))))));
+    el('table', null, ...top.map(([c, p]) => el('tr', null, el('td', { class: 'tc' }, showChar(String(c))), el('td', null, isNum(p) ? (p * 100).toFixed(1) + '%' : '-')))));
   tip.hidden = false;
   const box = span.getBoundingClientRect();
   const x = Math.max(4, Math.min(box.left, window.innerWidth - tip.offsetWidth - 4));
