@@ -4,12 +4,16 @@ being written, starting runs from the form, and sampling/scoring against `charwi
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import http.client
 import json
 import math
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -165,25 +169,59 @@ def test_unknown_host_headers_are_refused(runs_dir):
 
 
 @web
-@pytest.mark.parametrize(
-    "name", ["..", "%2e%2e", "..%2f..%2fetc", "%2Fetc", "outside", "not-a-run", "r1%00"]
-)
-def test_run_names_never_leave_the_runs_folder(client, runs_dir, tmp_path, name):
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (outside / rundir.CHECKPOINT).write_bytes((runs_dir / "r1" / rundir.CHECKPOINT).read_bytes())
-    link = runs_dir / "outside"
-    if not link.is_symlink():
-        link.symlink_to(outside)
+def test_run_names_never_leave_the_runs_folder(runs_dir, tmp_path):
+    """Raw request paths (no client normalises them) at a server whose RUNS_DIR has a run
+    beside it, one above it and a link to one elsewhere: only RUNS_DIR's own runs answer."""
+    root = tmp_path / "root"
+    (root / "runs").mkdir(parents=True)
+    checkpoint = (runs_dir / "r1" / rundir.CHECKPOINT).read_bytes()
+    for where in (root, tmp_path / "elsewhere", root / "runs" / "mine"):
+        where.mkdir(exist_ok=True)
+        (where / rundir.CHECKPOINT).write_bytes(checkpoint)
+    (root / "runs" / "outside").symlink_to(tmp_path / "elsewhere")
+    (root / "runs" / "linked-checkpoint").mkdir()
+    (root / "runs" / "linked-checkpoint" / rundir.CHECKPOINT).symlink_to(root / rundir.CHECKPOINT)
+    names = ["..", "%2e%2e", ".%2e", "..%2f..%2froot", "%2F" + str(root).lstrip("/")]
+    names += ["outside", "linked-checkpoint", "not-a-run", "mine%00", "mine%2f..%2f.."]
+    with live_server(root / "runs") as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Cookie": f"charwise_token={TOKEN}", "Host": f"127.0.0.1:{port}"}
+
+        def status(path: str, method: str = "GET") -> int:
+            extra = {"X-Charwise-Token": TOKEN} if method == "POST" else {}
+            conn.request(
+                method, path, body=b"{}" if method == "POST" else None, headers=headers | extra
+            )
+            response = conn.getresponse()
+            response.read()
+            return response.status
+
+        assert status("/api/runs/mine") == 200  # the check lets a real run through
+        for name in names:
+            for route in ("", "/curves", "/stream"):
+                assert status(f"/api/runs/{name}{route}") == 404, (name, route)
+            assert status(f"/api/runs/{name}/score", "POST") == 404, name
+        conn.request("GET", "/api/runs", headers=headers)
+        listed = [r["name"] for r in json.loads(conn.getresponse().read())["runs"]]
+        assert listed == ["mine"]
+        conn.close()
+
+
+@web
+def test_hostile_event_logs_are_skipped_not_fatal(client, runs_dir):
+    events = runs_dir / "r1" / rundir.EVENTS
+    kept = events.read_bytes()
     try:
-        for route in ("", "/curves", "/stream"):
-            assert client.get(f"/api/runs/{name}{route}").status_code == 404
-        response = post(client, f"/api/runs/{name}/sample", {"model": "best"})
-        assert response.status_code in (404, 405)
-        listed = [r["name"] for r in client.get("/api/runs").json()["runs"]]
-        assert "outside" not in listed
+        events.write_bytes(kept + b'{"event": "evaluated", "val_bits": NaN}\n[1, 2]\nnot json\n')
+        assert client.get("/api/runs/r1").json()["events"] == rundir.read_events(runs_dir / "r1")
+        assert len(rundir.read_events(runs_dir / "r1")) == kept.count(b"\n")
+        events.unlink()
+        os.mkfifo(events)  # a reader that opened it would wait for a writer forever
+        assert rundir.read_events(runs_dir / "r1") == []
+        assert client.get("/api/runs/r1").status_code == 200
     finally:
-        link.unlink()
+        events.unlink()
+        events.write_bytes(kept)
 
 
 @web
@@ -327,9 +365,20 @@ def test_the_stream_delivers_rows_as_a_run_writes_them(runs_dir, tmp_path):
         sample = next(d for k, d in got if k == "sample")
         assert sample == {"update": 2, "epoch": 1, "smooth_loss": 29.99, "text": "<b>x"}
         assert next(d for k, d in got if k == "event")["event"] == "checkpoint"
-        # a resume cuts the log back: the stream ends so that the page reads the run again
-        (run / rundir.METRICS).write_text(rundir.METRICS_HEADER + "\n")
+        # a resume cuts the logs back and may grow them again before the next look: its
+        # event ends the stream, so that the page reads the run again
+        (run / rundir.METRICS).write_text(rundir.METRICS_HEADER + "\n1,1,31.0,31.0\n2,1,30.,30.\n")
+        rundir.log_event(run, "resume", update=1)
         deadline = time.monotonic() + 5
+        while response.readline():
+            assert time.monotonic() < deadline
+        conn.close()
+        # a log cut back (a resume not yet logged) ends it too
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/runs/live/stream", headers=headers)
+        response = conn.getresponse()
+        read_events(response, lambda ev: any(k == "metrics" for k, _ in ev))
+        (run / rundir.METRICS).write_text(rundir.METRICS_HEADER + "\n")
         while response.readline():
             assert time.monotonic() < deadline
         conn.close()
@@ -427,14 +476,16 @@ def test_sampling_streams_what_charwise_sample_prints(client, runs_dir):
     [
         ({"model": "nope"}, "model must be one of"),
         ({"model": "best", "temperature": "hot"}, "temperature must be a number"),
-        ({"model": "best", "length": 10, "count": 5000}, "at most 20,000 characters"),
+        ({"model": "best", "length": 10, "count": 500}, "count <= 100"),
+        ({"model": "best", "length": 300, "count": 100}, "at most 20,000 characters"),
+        ({"model": "best", "length": 0, "count": 10**9}, "count <= 100"),
+        ({"model": "best", "prime": "the " * 6000}, "a prime of at most 20,000"),
         ({"model": "best", "prime": "\u2603"}, "\u2603"),
     ],
 )
 def test_sampling_requests_are_checked(client, body, message):
     response = post(client, "/api/runs/r1/sample", body)
-    error = response.json()["error"] if response.status_code == 400 else response.text
-    assert message in error
+    assert response.status_code == 400 and message in response.json()["error"]
 
 
 @web
@@ -445,3 +496,88 @@ def test_scoring_a_pasted_text(client, runs_dir):
     assert result["bits_per_char"] == pytest.approx(np.mean([c["s"] for c in result["chars"]]))
     bad = post(client, "/api/runs/r1/score", {"model": "final", "text": "<script>\u2603"})
     assert bad.status_code == 400 and "\u2603" in bad.json()["error"]
+
+
+# ---- charwise serve as a process: stops, concurrent starts, Ctrl-C ---------------------------
+class Served:
+    """`charwise serve RUNS --no-browser` in a child process, and requests to it."""
+
+    def __init__(self, runs: Path):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "charwise", "serve", str(runs), "--no-browser"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        url = next(line.strip() for line in self.process.stdout if "token=" in line)
+        self.port = int(url.split(":")[2].split("/")[0])
+        self.token = url.split("token=")[1]
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {
+            "Host": f"127.0.0.1:{self.port}",
+            "Cookie": f"charwise_token_{self.port}={self.token}",
+            "X-Charwise-Token": self.token,
+        }
+        conn.request(method, path, json.dumps(body).encode() if body is not None else None, headers)
+        response = conn.getresponse()
+        data = json.loads(response.read() or b"{}")
+        conn.close()
+        return response.status, data
+
+    def run(self, name: str) -> dict:
+        return {r["name"]: r for r in self.request("GET", "/api/runs")[1]["runs"]}.get(name, {})
+
+    def wait(self, name: str, test, what: str, timeout: float = 120.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.run(name)
+            if test(run):
+                return run
+            time.sleep(0.1)
+        raise AssertionError(f"{name} never {what}: {self.run(name)}")
+
+
+@web
+@pytest.mark.slow
+def test_stops_are_sent_once_concurrent_starts_refused_and_ctrl_c_stops_the_children(tmp_path):
+    corpus = write_corpus(tmp_path / "words.txt", n_words=2000)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    served = Served(runs)
+    form = dict(corpus=str(corpus), model="gru", m=8, seq_length=10, updates=10**6, name="g")
+    try:
+        # two starts of one name at once: one run
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: served.request("POST", "/api/runs", form), [0, 1]))
+        assert sorted(status for status, _ in answers) == [200, 400]
+        served.wait("g", lambda r: r.get("status") == "running" and r["updates"] > 0, "ran")
+        # stop twice: one SIGINT (a second would stop it without a checkpoint)
+        assert served.request("POST", "/api/runs/g/stop", {})[1]["state"] == "stopping"
+        assert served.request("POST", "/api/runs/g/stop", {})[1]["state"] == "already stopping"
+        run = served.wait("g", lambda r: r.get("status") == "stopped", "stopped")
+        console = (runs / "g" / rundir.CONSOLE).read_text()
+        assert "stopped by SIGINT" in console and "checkpoint saved" in console
+        assert rundir.read_events(runs / "g")[-2]["event"] == "interrupted"
+        assert run["updates"] == rundir.describe(runs / "g")["updates"] > 0
+        # a run started from the command line is stopped the same way
+        cli_run = subprocess.Popen(
+            [sys.executable, "-m", "charwise", "train", "--out", str(runs / "cli")]
+            + ["--updates", "1000000", "--model", "gru", "--m", "8", "--seq-length", "10"]
+            + ["--no-progress", str(corpus)],
+            stdout=subprocess.DEVNULL,
+        )
+        served.wait("cli", lambda r: r.get("status") == "running" and r["updates"] > 0, "ran")
+        assert served.request("POST", "/api/runs/cli/stop", {})[1]["state"] == "stopping"
+        assert cli_run.wait(60) == 130
+        served.wait("cli", lambda r: r.get("status") == "stopped", "stopped")
+        # Ctrl-C on the server: the run it resumed checkpoints and stops with it
+        assert served.request("POST", "/api/runs/g/resume", {})[0] == 200
+        served.wait("g", lambda r: r.get("status") == "running", "resumed")
+        served.process.send_signal(signal.SIGINT)
+        assert served.process.wait(60) == 130
+        assert not rundir.is_running(runs / "g")
+        assert rundir.read_events(runs / "g")[-2]["event"] == "interrupted"
+    finally:
+        if served.process.poll() is None:
+            served.process.kill()

@@ -25,6 +25,7 @@ PASSAGE = "best_passage.txt"
 VAL_PASSAGE = "best-val_passage.txt"
 LOSS_PNG = "loss.png"
 EVENTS = "events.log"  # one JSON object a line: start, resume, checkpoint, ..., end
+CONSOLE = "console.log"  # the output of a run the dashboard started
 METRICS_HEADER = "update,epoch,loss,smooth_loss"
 EVAL_COLUMNS = ("update", "epoch", "train_nats", "val_nats", "val_bits", "wall_seconds")
 EVAL_HEADER = ",".join(EVAL_COLUMNS)
@@ -34,7 +35,7 @@ LOCK = ".lock"  # held (flock) by the process that runs in the directory
 LOCK_TRIES = 5  # attempts 50 ms apart before a held lock is an error
 REPORT_FILES = ("report.json", "report.md", "report.html", "overfit.png")
 FILES = (CHECKPOINT, METRICS, SAMPLES, EVAL, FINAL, BEST, BEST_VAL, PASSAGE, VAL_PASSAGE)
-FILES += (LOSS_PNG, EVENTS)
+FILES += (LOSS_PNG, EVENTS, CONSOLE)
 
 
 def append(path: Path, lines: list[str]) -> None:
@@ -231,20 +232,29 @@ def log_event(out: Path, event: str, **facts) -> None:
 
 
 def read_events(out: Path) -> list[dict]:
-    """The events of RUN/events.log (a partial or unreadable line is skipped); [] without one."""
+    """The events of RUN/events.log; [] without one."""
     try:
         raw = safeio.read_from(out / EVENTS)
     except OSError:
         return []
+    return parse_events(raw.split(b"\n")[:-1])
+
+
+def parse_events(lines: list[bytes]) -> list[dict]:
+    """The event records of lines of events.log (a malformed line is skipped)."""
     events = []
-    for line in raw.split(b"\n")[:-1]:
+    for line in lines:
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_no_constant)
         except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("event"), str):
             events.append(record)
     return events
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: no charwise event has them
 
 
 def is_running(out: Path) -> bool:

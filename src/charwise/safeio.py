@@ -6,6 +6,7 @@ user's umask for every file (a temporary file would otherwise stay 0600)."""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -77,8 +78,11 @@ def append(path: str | Path, data: bytes) -> None:
 
 
 def read_from(path: str | Path, offset: int = 0) -> bytes:
-    """The bytes of path from offset on, never through a symlink (OSError: missing, a link)."""
-    with os.fdopen(open_fd_nofollow(path, os.O_RDONLY), "rb") as f:
+    """The bytes of a regular file from offset on, never through a symlink and never waiting
+    on a FIFO or device (OSError: missing, a link, not a regular file)."""
+    with os.fdopen(open_fd_nofollow(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(f"{path} is not a regular file")
         f.seek(offset)
         return f.read()
 

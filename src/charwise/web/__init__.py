@@ -21,6 +21,30 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _names(host: str, shown: str) -> set[str]:
+    """The names a browser may use for the bound address in its Host header: the address,
+    localhost for a loopback one, and this machine's name and addresses for 0.0.0.0 or ::."""
+    names = {shown}
+    if _loopback(host):
+        names |= {"localhost", "127.0.0.1", "[::1]"}
+    if host in ("0.0.0.0", "::"):
+        name, aliases, addresses = socket.gethostbyname_ex(socket.gethostname())
+        names |= {name, *aliases, *addresses, "localhost", "127.0.0.1"}
+    return names
+
+
+def _redirect_page(url: str) -> str:
+    """A file:// page that sends the browser to url: the token then never appears on a
+    command line (which other users of the machine can read), as Jupyter does."""
+    import html
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="charwise-serve-", suffix=".html")  # mode 0600
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(f'<meta http-equiv="refresh" content="0; url={html.escape(url)}">')
+    return Path(path).as_uri()
+
+
 def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 0, browser: bool = True) -> None:
     """Serve the dashboard for runs_dir until Ctrl-C; prints its URL with the access token."""
     try:
@@ -37,11 +61,12 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 0, browser: bool 
     except OSError as exc:
         sock.close()
         raise CharwiseError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)  # from now on a browser's connection waits for the server: none refused
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    names = {shown} | ({"localhost", "127.0.0.1"} if _loopback(host) else set())
     token = secrets.token_urlsafe(24)
-    app = make_app(runs_dir, token, {f"{name}:{port}" for name in names})
+    hosts = {f"{name}:{port}" for name in _names(host, shown)}
+    app = make_app(runs_dir, token, hosts, cookie=f"charwise_token_{port}")
     url = f"http://{shown}:{port}/?token={token}"
     if not _loopback(host):
         print(
@@ -52,7 +77,7 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 0, browser: bool 
     print(f"charwise dashboard of {Path(runs_dir).resolve()}:\n    {url}", flush=True)
     print("Ctrl-C stops it (the runs it started checkpoint and stop too)", flush=True)
     if browser:
-        threading.Timer(0.5, webbrowser.open, (url,)).start()
+        threading.Timer(0.5, webbrowser.open, (_redirect_page(url),)).start()
     config = uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=3, lifespan="on", access_log=False
     )

@@ -4,6 +4,7 @@ following its files as a run writes them (only what is new is read and sent)."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from charwise import checkpoint, rundir, safeio
@@ -11,11 +12,20 @@ from charwise.errors import CharwiseError
 
 POINTS = 2000  # most training points a chart receives for one run's history
 SAMPLES_SHOWN = 10  # training samples sent when a page starts following a run
+CONSOLE_SHOWN = 200  # lines of console.log sent when a page starts following a run
+STATUS_EVERY = 1.0  # seconds between looks at a followed run's checkpoint and lock
+
+
+def is_run(out: Path) -> bool:
+    """A run directory: its checkpoint a regular file, not a link (the dashboard never reads
+    through a link in RUNS_DIR)."""
+    checkpoint = out / rundir.CHECKPOINT
+    return checkpoint.is_file() and not checkpoint.is_symlink()
 
 
 def run_facts(out: Path) -> dict | None:
     """describe() in JSON terms (NaN is null) or None for a folder that is not a run."""
-    facts = rundir.describe(out)
+    facts = rundir.describe(out) if is_run(out) else None
     if facts is None:
         return None
     facts["name"] = facts.pop("run")
@@ -27,7 +37,7 @@ def run_facts(out: Path) -> dict | None:
 def details(out: Path) -> dict:
     """What the run page shows besides its curves: settings, corpus, best validation, events,
     and which models can be sampled."""
-    starting = not (out / rundir.CHECKPOINT).is_file()  # a run the server just started
+    starting = not (out / rundir.CHECKPOINT).exists()  # a run the server just started
     facts = run_facts(out) or {"name": out.name, "status": "starting" if starting else "unreadable"}
     try:
         meta = checkpoint.read_meta(out / rundir.CHECKPOINT)
@@ -145,11 +155,68 @@ class SampleTail(Tail):
     """The complete records appended to samples.txt since the last look."""
 
     def records(self) -> list[dict]:
-        text = self.new_bytes().decode("utf-8", "replace")
+        text = self.new_bytes().decode("utf-8", "surrogateescape")
         found, used = [], 0
         for end, update, epoch, smooth, body in rundir.sample_records(text):
             smooth = None if math.isnan(smooth) else smooth
             found.append({"update": update, "epoch": epoch, "smooth_loss": smooth, "text": body})
             used = end
-        self.offset += len(text[:used].encode("utf-8"))
+        self.offset += len(text[:used].encode("utf-8", "surrogateescape"))
         return found
+
+
+def last_lines(path: Path, n: int) -> list[str]:
+    """The last n lines of a text file ([] without one)."""
+    try:
+        raw = safeio.read_from(path)
+    except OSError:
+        return []
+    return raw.decode("utf-8", "replace").splitlines()[-n:]
+
+
+class Follower:
+    """A run's files for one page: the first poll gives its history (thinned curves, the last
+    samples, events, console), later ones what was appended since."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.metrics = Tail(out / rundir.METRICS)
+        self.evals = Tail(out / rundir.EVAL)
+        self.samples = SampleTail(out / rundir.SAMPLES)
+        self.events = Tail(out / rundir.EVENTS)
+        self.console = Tail(out / rundir.CONSOLE)
+        self.first, self.status, self.looked, self.thinner = True, None, 0.0, None
+
+    def poll(self) -> tuple[list[tuple[str, object]], bool]:
+        """(event name, data) pairs, and whether the stream must end: a log was cut back or
+        the run resumed (its logs were cut back to the checkpoint, maybe grown again since)."""
+        out = []
+        now = time.monotonic()
+        if now - self.looked >= STATUS_EVERY:
+            facts = run_facts(self.out) or {"status": "starting"}
+            self.looked = now
+            news = {k: facts.get(k) for k in ("status", "updates", "target")}
+            if news != self.status:
+                self.status = news
+                out.append(("status", news))
+        if self.thinner is None:
+            target = self.status["target"] if self.status else None
+            self.thinner = Thinner(target if isinstance(target, int) else 0)
+        rows = self.thinner.rows(self.metrics.lines(), last=self.first)
+        if rows:
+            out.append(("metrics", {"rows": rows}))
+        rows = parse_rows(self.evals.lines(), len(rundir.EVAL_COLUMNS))
+        if rows:
+            out.append(("eval", {"rows": rows}))
+        records = self.samples.records()
+        out += [("sample", r) for r in (records[-SAMPLES_SHOWN:] if self.first else records)]
+        resumed = False
+        for record in rundir.parse_events(self.events.lines()):
+            out.append(("event", record))
+            resumed |= record["event"] == "resume" and not self.first
+        lines = [line.decode("utf-8", "replace") for line in self.console.lines()]
+        if lines:
+            out.append(("console", {"lines": lines[-CONSOLE_SHOWN:] if self.first else lines}))
+        self.first = False
+        cut = self.metrics.reset or self.evals.reset or self.samples.reset
+        return out, cut or resumed

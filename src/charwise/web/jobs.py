@@ -11,17 +11,15 @@ import shlex
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import fields
 from pathlib import Path
 
-from charwise import datasets, rundir
+from charwise import datasets, rundir, safeio
 from charwise.config import TrainConfig
 from charwise.corpus import BUILTIN
 from charwise.errors import CharwiseError
 from charwise.settings import kind
 
-CONSOLE_LINES = 200  # lines of a child's output kept for the run page
 # The settings the page's form may set; the others keep their defaults.
 FORM_SETTINGS = (
     "model",
@@ -40,26 +38,29 @@ FORM_SETTINGS = (
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
-def _number(key: str, value, cast):
+def number(form: dict, key: str, cast, default=None):
+    """form[key] as an int or a finite float (cast), default when missing or empty."""
+    value = form.get(key)
+    if value in (None, ""):
+        return default
     try:
-        number = cast(value)
-    except (TypeError, ValueError):
+        result = cast(value)
+    except (TypeError, ValueError, OverflowError):
         raise CharwiseError(f"{key} must be a number (got {value!r})") from None
-    if isinstance(number, float) and not math.isfinite(number):
+    if isinstance(result, float) and not math.isfinite(result):
         raise CharwiseError(f"{key} must be a finite number (got {value!r})")
-    return number
+    return result
 
 
 def budget_options(form: dict) -> list[str]:
     """--updates N and/or --minutes M from the form (each positive when given)."""
     options = []
     for key, cast in (("updates", int), ("minutes", float)):
-        value = form.get(key)
-        if value not in (None, ""):
-            number = _number(key, value, cast)
-            if number <= 0:
+        value = number(form, key, cast)
+        if value is not None:
+            if value <= 0:
                 raise CharwiseError(f"{key} must be positive (got {value!r})")
-            options += [f"--{key}", repr(number) if cast is float else str(number)]
+            options += [f"--{key}", repr(value) if cast is float else str(value)]
     return options
 
 
@@ -96,11 +97,10 @@ def train_arguments(form: dict, runs_dir: Path) -> tuple[str, list[str]]:
     declared = {f.name: f for f in fields(TrainConfig)}
     values = {}
     for key in FORM_SETTINGS:
-        value = form.get(key)
-        if value in (None, ""):
-            continue
         cast = kind(declared[key])
-        values[key] = str(value) if cast is str else _number(key, value, cast)
+        value = form.get(key) if cast is str else number(form, key, cast)
+        if value not in (None, ""):
+            values[key] = str(value) if cast is str else value
     TrainConfig(**values).check()
     budget = budget_options(form)
     if not budget:
@@ -113,51 +113,50 @@ def train_arguments(form: dict, runs_dir: Path) -> tuple[str, list[str]]:
 
 
 class Job:
-    """A `charwise train` child process and the last lines of its output."""
+    """A `charwise train` child process. Its output goes to RUN/console.log, so the run never
+    depends on this server (a server that exits leaves it training) and a restarted server
+    still shows it."""
 
-    def __init__(self, arguments: list[str]):
-        self.arguments = arguments
+    def __init__(self, out: Path, arguments: list[str]):
+        self.out, self.arguments = out, arguments
         self.command = shlex.join(["charwise", "train", *arguments])
-        self.lines: deque[str] = deque(maxlen=CONSOLE_LINES)
-        self.count = 0  # lines read so far (the page asks for those after the ones it has)
         self.process: asyncio.subprocess.Process | None = None
+        self.interrupted = False  # SIGINT sent: a second one would stop it without a checkpoint
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "charwise",
-            "train",
-            *self.arguments,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,  # the server's Ctrl-C reaches it only through stop()
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        fd = safeio.open_fd_nofollow(
+            self.out / rundir.CONSOLE, os.O_WRONLY | os.O_APPEND | os.O_CREAT
         )
-        asyncio.get_running_loop().create_task(self._read())
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "charwise",
+                "train",
+                *self.arguments,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # the server's Ctrl-C reaches it only through stop()
+                env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            os.close(fd)
+        self.waiter = asyncio.get_running_loop().create_task(self._wait())
 
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        async for line in self.process.stdout:
-            self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
-            self.count += 1
-        await self.process.wait()
-        self.lines.append(f"[charwise train exited with status {self.process.returncode}]")
-        self.count += 1
+    async def _wait(self) -> None:
+        code = await self.process.wait()
+        rundir.append(self.out / rundir.CONSOLE, [f"[charwise train exited with status {code}]\n"])
 
     @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    def new_lines(self, seen: int) -> list[str]:
-        """The lines after the first `seen` that are still kept."""
-        fresh = min(self.count - seen, len(self.lines))
-        return list(self.lines)[len(self.lines) - fresh :] if fresh > 0 else []
+    def active(self) -> bool:
+        """Starting or running."""
+        return self.process is None or self.process.returncode is None
 
     def interrupt(self) -> None:
-        if self.running:
+        if self.process is not None and self.active and not self.interrupted:
             self.process.send_signal(signal.SIGINT)
+            self.interrupted = True
 
 
 class Jobs:
@@ -165,39 +164,59 @@ class Jobs:
 
     def __init__(self):
         self.by_run: dict[str, Job] = {}
+        self.interrupted: set[int] = set()  # pids of command-line runs sent SIGINT
 
-    async def start(self, name: str, arguments: list[str]) -> Job:
+    async def start(self, name: str, out: Path, arguments: list[str], new: bool) -> Job:
+        """Run `charwise train arguments` for the run `name` (a new one: its folder is created
+        here, so two requests never start the same run)."""
         job = self.by_run.get(name)
-        if job is not None and job.running:  # it released the run; give it time to exit
-            with contextlib.suppress(TimeoutError):
+        if job is not None and job.active and job.process is not None and not new:
+            with contextlib.suppress(TimeoutError):  # it released the run; let it exit
                 await asyncio.wait_for(job.process.wait(), 5.0)
-            if job.running:
-                raise CharwiseError(f"{name} is already running")
-        job = Job(arguments)
-        await job.start()
-        self.by_run[name] = job
+        job = self.by_run.get(name)
+        if job is not None and job.active:
+            raise CharwiseError(f"{name} is already running")
+        if new:
+            try:
+                out.mkdir()
+            except FileExistsError:
+                raise CharwiseError(f"a run named {name} exists; pick another name") from None
+        job = self.by_run[name] = Job(out, arguments)  # reserved before the first await
+        try:
+            await job.start()
+        except BaseException:
+            del self.by_run[name]
+            raise
         return job
 
-    def stop(self, name: str, out: Path) -> None:
-        """SIGINT to the process training the run (it checkpoints and exits): this server's
-        child, or the charwise process that holds the run's lock."""
+    def stop(self, name: str, out: Path) -> str:
+        """SIGINT, once, to the process training the run (it checkpoints and exits): this
+        server's child, or the charwise process that holds the run's lock."""
         job = self.by_run.get(name)
-        if job is not None and job.running:
+        if job is not None and job.active:
+            if job.interrupted:
+                return "already stopping"
             job.interrupt()
-            return
+            return "stopping"
         if not rundir.is_running(out):
             raise CharwiseError(f"{name} is not running")
         try:
             pid = int((out / rundir.LOCK).read_text().strip())
+            if pid in self.interrupted:
+                return "already stopping"
             os.kill(pid, signal.SIGINT)
         except (OSError, ValueError):
             raise CharwiseError(f"cannot reach the process that trains {name}") from None
+        self.interrupted.add(pid)
+        return "stopping"
 
     async def stop_all(self, wait: float = 30.0) -> None:
-        """On shutdown: every child is interrupted (so it checkpoints) and waited for."""
-        running = [job for job in self.by_run.values() if job.running]
+        """On shutdown: every child is interrupted (so it checkpoints) and waited for, together,
+        at most `wait` seconds (one that takes longer goes on by itself)."""
+        running = [job for job in self.by_run.values() if job.active and job.process is not None]
         for job in running:
             job.interrupt()
-        for job in running:
+        if running:
+            waits = asyncio.gather(*(job.process.wait() for job in running))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(job.process.wait(), wait)
+                await asyncio.wait_for(waits, wait)

@@ -456,11 +456,6 @@ async function loadDetail(r, tries = 1) {
       const d = await api(runPath(r.name));
       if (r.gone) return false;
       applyDetail(r, d);
-      if (!r.seqLength) {
-        const c = await api(runPath(r.name, '/curves')).catch(() => ({}));
-        r.seqLength = isNum(c.seq_length) ? c.seq_length : null;
-        drawRunSoon();
-      }
       $('#run-error').textContent = '';
       return true;
     } catch (e) {
@@ -503,9 +498,9 @@ function applyDetail(r, d) {
   else if ($('#sample-status').textContent === 'no saved model yet') $('#sample-status').textContent = '';
 }
 
-// The command line, space-joined (an argv list per the contract; a ready string is shown as is).
-function setCommand(argv) {
-  const text = Array.isArray(argv) ? argv.map(String).join(' ') : typeof argv === 'string' ? argv : '';
+// The command line the server ran for the run (a string ready to copy), if any.
+function setCommand(command) {
+  const text = typeof command === 'string' ? command : '';
   const has = text !== '';
   $('#command').textContent = text;
   $('#command-box').hidden = !has;
@@ -517,7 +512,8 @@ function setStatus(r, status, updates, target) {
   s.textContent = status || '…';
   s.className = 'status' + (status ? ' status-' + status : '');
   if (updates !== undefined) $('#run-progress').textContent = `updates ${updates ?? '-'} / ${target ?? '?'}`;
-  $('#stop-btn').disabled = status !== 'running';
+  if (status !== 'running') r.stopping = false; // a stop sent once: never twice (that kills it)
+  $('#stop-btn').disabled = status !== 'running' || r.stopping;
   $('#resume-btn').disabled = !status || status === 'running';
   r.status = status;
 }
@@ -621,7 +617,7 @@ function showConsole(r) {
 async function stopRun() {
   const r = run;
   $('#stop-btn').disabled = true;
-  try { await post(runPath(r.name, '/stop'), {}); $('#run-error').textContent = ''; }
+  try { await post(runPath(r.name, '/stop'), {}); r.stopping = true; $('#run-error').textContent = ''; }
   catch (e) { if (!r.gone) { $('#run-error').textContent = e.message; $('#stop-btn').disabled = r.status !== 'running'; } }
 }
 
