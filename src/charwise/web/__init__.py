@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import socket
+import sys
 import threading
 import webbrowser
 from pathlib import Path
@@ -81,4 +82,8 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 0, browser: bool 
     config = uvicorn.Config(
         app, log_level="warning", timeout_graceful_shutdown=3, lifespan="on", access_log=False
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then passes the Ctrl-C on
+        print("charwise: the dashboard stopped", file=sys.stderr)
+        raise SystemExit(130) from None
