@@ -1,11 +1,11 @@
 """Speed per model family: training and evaluation characters per second of an engine.
 
-    python benchmarks/families.py [--engine reference|torch] [--dtype float64|float32]
+    python benchmarks/families.py [--engine reference|fast|torch] [--dtype float64|float32]
                                   [--m 256] [--batch 32] [--seq-length 100] [--repeats 3]
 
 Every family (and a 2-layer lstm) trains a few Adam updates on random characters (K = 65),
 interleaved over the repeats, and reads 20,000 characters for validation; the table shows
-medians. (The fast engine runs only the exercise's rnn today: `charwise bench` measures it.)
+medians.
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ def main() -> None:
     parser.add_argument("--seq-length", type=int, default=100)
     parser.add_argument("--updates", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--engine", default="reference", choices=["reference", "torch"])
+    parser.add_argument("--engine", default="reference", choices=["reference", "fast", "torch"])
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     engine = get_engine(args.engine)
     if hasattr(engine, "use_device"):
         engine.use_device(args.device)
+    if hasattr(engine, "warm_up"):  # compiled before any timing
+        engine.warm_up(args.dtype)
     B, T, n = args.batch, args.seq_length, args.updates
     data = np.random.default_rng(0).integers(0, K, 200_000).astype(np.uint8)
     runs = {}

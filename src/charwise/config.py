@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from charwise.engines import CHOICES
 from charwise.errors import CharwiseError
 from charwise.models import FAMILIES
-from charwise.optim import ALPHA, CLIP, OPTIMIZERS, default_eta
+from charwise.optim import ALPHA, CLIP, OPTIMIZERS, SCHEDULES, default_eta
 from charwise.schedule import CHUNKS
 from charwise.settings import same_kind, setting
 
@@ -35,6 +35,20 @@ class TrainConfig:
     clip: float = setting(CLIP, "Gradient entries are clipped to [-clip, clip].", minimum=0.0)
     alpha: float = setting(
         ALPHA, "RMSProp's decay of the squared gradients.", minimum=0.0, below=1.0
+    )
+    lr_schedule: str = setting(
+        "constant",
+        "Learning rate over the run: eta, or a cosine or linear decay to --min-lr x eta at "
+        "--decay-updates (after any --warmup).",
+        choices=SCHEDULES,
+    )
+    warmup: int = setting(0, "Updates of linear warm-up from eta/N to eta.", minimum=0)
+    min_lr: float = setting(0.1, "cosine/linear: the final rate as a share of eta.", minimum=0.0)
+    decay_updates: int = setting(
+        0, "cosine/linear: the update the decay ends at (0: the run's --updates).", minimum=0
+    )
+    patience: int = setting(
+        0, "Stop after N validations without a lower validation loss (0: never).", minimum=0
     )
     seq_length: int = setting(25, "Characters per chunk (tau).", minimum=1)
     batch: int = setting(1, "Streams per update (the loss is their mean).", minimum=1)
@@ -85,6 +99,8 @@ class TrainConfig:
         """One-line errors for values out of range, naming the option."""
         if self.dropout_rng == "device" and self.engine != "torch":
             raise CharwiseError("--dropout-rng device needs --engine torch")
+        if self.min_lr > 1.0:
+            raise CharwiseError(f"--min-lr must be at most 1 (got {self.min_lr})")
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
             option = f"--{f.name.replace('_', '-')}"
@@ -118,6 +134,7 @@ MAY_CHANGE = (
     "engine",
     "device",
     "eval_every",
+    "patience",
 )
 
 

@@ -8,7 +8,8 @@ Events, in the order of one block: block (the losses) -> step (the update count 
 for progress, samples, validation) -> block_end (checkpoints). Around them: start (a fresh
 run's first files), begin (each run() call), message (text to show), evaluated (a
 validation row), checkpoint (one was written), finish (the final models are written),
-interrupted / diverged (why a run stops early), end (run() returns or stops).
+early_stop / interrupted / diverged (why a run stops early), end (run() returns or
+stops).
 """
 
 from __future__ import annotations
@@ -120,8 +121,15 @@ class Validation:
         if trainer.best_val is None or val < trainer.best_val["val_nats"]:
             trainer.best_val = {"update": u, "val_nats": val}
             trainer.save_model(rundir.BEST_VAL, state.params, u, val_nats=val)
+            trainer.stale_evals = 0
+        else:
+            trainer.stale_evals += 1
         trainer.checkpoint_wanted = True  # best-val.npz never runs ahead of the checkpoint
         trainer.emit("evaluated", row)
+        patience = trainer.config.patience
+        if patience and trainer.stale_evals >= patience and not trainer.early_stopped:
+            trainer.early_stopped = True  # the loop ends at this block's end
+            trainer.emit("early_stop", patience)
 
 
 class Checkpoints:
@@ -169,6 +177,9 @@ class EventLog:
 
     def on_finish(self, trainer) -> None:
         self.log(trainer, "finish")
+
+    def on_early_stop(self, trainer, patience: int) -> None:
+        self.log(trainer, "early-stop", patience=patience)
 
     def on_interrupted(self, trainer, signal_name: str) -> None:
         self.log(trainer, "interrupted", signal=signal_name)
@@ -253,6 +264,11 @@ class Progress:
 
     def on_evaluated(self, trainer, row: dict) -> None:
         self.val_bits = row["val_bits"]
+
+    def on_early_stop(self, trainer, patience: int) -> None:
+        self.on_message(
+            trainer, f"stopping early: no lower validation loss in {patience} evaluations"
+        )
 
     def on_message(self, trainer, text: str) -> None:
         if self.bar is not None:

@@ -4,6 +4,8 @@ that any optimiser works on any model. Every gradient entry is first clipped to 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from charwise.errors import CharwiseError
@@ -25,6 +27,29 @@ def adagrad_step(params: Params, grads: Params, G: Params, eta=ETA, eps=EPS, cli
         p -= eta * g / np.sqrt(acc + eps)
 
 
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+class LRSchedule:
+    """The learning rate of update t (from 1): eta f(t). Warm-up: f = t / W for t <= W. Then
+    constant: f = 1; cosine: f = r + (1 - r)(1 + cos(pi s)) / 2; linear: f = r + (1 - r)(1 - s),
+    with s = (t - W) / (T - W), T the update the decay ends at (f = r after it) and r = min_lr."""
+
+    def __init__(self, kind: str, warmup: int = 0, min_lr: float = 0.0, total: int = 0):
+        self.kind, self.warmup, self.min_lr, self.total = kind, warmup, min_lr, total
+
+    def factor(self, t: int) -> float:
+        W, T, r = self.warmup, self.total, self.min_lr
+        if t <= W:
+            return t / W
+        if self.kind == "constant":
+            return 1.0
+        s = min(1.0, (t - W) / max(T - W, 1))
+        if self.kind == "cosine":
+            return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * s))
+        return r + (1.0 - r) * (1.0 - s)
+
+
 class Optimizer:
     """The state slots an optimiser keeps per parameter array, and its step."""
 
@@ -33,6 +58,11 @@ class Optimizer:
 
     def __init__(self, eta: float, clip: float = CLIP, eps: float = EPS):
         self.eta, self.clip, self.eps = eta, clip, eps
+        self.schedule: LRSchedule | None = None  # None: eta at every update
+
+    def lr(self, t: int) -> float:
+        """The learning rate of update t (t counts from 1)."""
+        return self.eta if self.schedule is None else self.eta * self.schedule.factor(t)
 
     def init_state(self, params: Params) -> dict[str, Params]:
         """Every slot starts at zero."""
@@ -54,7 +84,7 @@ class AdaGrad(Optimizer):
     name, slots = "adagrad", ("G",)
 
     def step(self, params, grads, state, t):
-        adagrad_step(params, grads, state["G"], self.eta, self.eps, self.clip)
+        adagrad_step(params, grads, state["G"], self.lr(t), self.eps, self.clip)
 
 
 class RMSProp(Optimizer):
@@ -70,7 +100,7 @@ class RMSProp(Optimizer):
         v = slots["v"]
         v *= self.alpha
         v += (1.0 - self.alpha) * g * g
-        p -= self.eta * g / (np.sqrt(v) + self.eps)
+        p -= self.lr(t) * g / (np.sqrt(v) + self.eps)
 
 
 class Adam(Optimizer):
@@ -91,7 +121,7 @@ class Adam(Optimizer):
         v += (1.0 - self.beta2) * g * g
         m_hat = m / (1.0 - self.beta1**t)
         v_hat = v / (1.0 - self.beta2**t)
-        p -= self.eta * m_hat / (np.sqrt(v_hat) + self.eps)
+        p -= self.lr(t) * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (AdaGrad, RMSProp, Adam)}

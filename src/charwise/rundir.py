@@ -293,6 +293,7 @@ def describe(out: Path) -> dict | None:
     except (CharwiseError, KeyError, TypeError, ValueError, AttributeError):
         return {"run": out.name, "status": "unreadable"}
     done = updates >= target if target else bool(minutes) and seconds >= 60 * minutes
+    done = done or meta.get("early_stopped") is True
     final = out / FINAL
     status = "running" if is_running(out) else "stopped"
     if status == "stopped" and done and final.is_file():

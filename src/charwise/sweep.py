@@ -447,11 +447,13 @@ def plot_curves(rows: list[dict], sweep: Sweep, out: Path, path: Path) -> None:
     plt = _pyplot()
     column = METRICS[sweep.metric]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
-    for r in rows:
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours, then line styles change
+    for i, r in enumerate(rows):
         evals = rundir.read_eval(out / "trials" / r["trial"])
         if evals is not None and len(evals["update"]):
             label = ", ".join(f"{k}={_show(r[k])}" for k in sweep.space) or r["trial"]
-            ax.plot(evals["update"], evals[column], "o-", ms=3, lw=1, label=label)
+            style = dict(color=colours[i % 20], ls=("-", "--", ":")[i // 20 % 3])
+            ax.plot(evals["update"], evals[column], marker="o", ms=3, lw=1, label=label, **style)
     ax.set_xlabel("update")
     ax.set_ylabel(sweep.metric.replace("_", " "))
     ax.set_title("Sweep: validation loss of every trial", loc="left")

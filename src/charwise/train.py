@@ -23,7 +23,7 @@ from charwise.errors import CharwiseError
 from charwise.events import default_listeners
 from charwise.model import DOC_SEPARATOR, CharModel  # noqa: F401  (DOC_SEPARATOR: its old home)
 from charwise.models import ModelSpec
-from charwise.optim import make_optimizer
+from charwise.optim import LRSchedule, make_optimizer
 from charwise.rundir import CHECKPOINT, read_samples, repair_logs  # noqa: F401  (old home)
 from charwise.schedule import DocumentSchedule, Schedule, make_schedule  # noqa: F401
 from charwise.state import TrainState
@@ -63,11 +63,22 @@ class Trainer:
         self.source = source  # load_corpus() arguments that read the corpus again on resume
         self.train_corpus, self.val_corpus = corpus.split(config.val_fraction)
         self.spec = ModelSpec(config.model, K=len(corpus.vocab), m=config.m, layers=config.layers)
+        scheduled = config.lr_schedule != "constant" or config.warmup > 0
         self.engine_name = pick(
-            config.engine, self.spec, config.optimizer, config.batch, config.dropout, config.dtype
+            config.engine,
+            self.spec,
+            config.optimizer,
+            config.batch,
+            config.dropout,
+            config.dtype,
+            scheduled,
         )
         self.device = None  # the torch engine's device
         self.optimizer = make_optimizer(config.optimizer, config.eta, config.clip, config.alpha)
+        if scheduled:
+            self.optimizer.schedule = LRSchedule(
+                config.lr_schedule, config.warmup, config.min_lr, config.decay_updates
+            )
         check_memory(self.spec, config, len(self.optimizer.slots))  # before allocating any
         self.engine = get_engine(self.engine_name)
         if hasattr(self.engine, "use_device"):
@@ -95,6 +106,8 @@ class Trainer:
         self.minutes = None  # and its budget of training minutes, if any
         self.resumes: list[dict] = []  # each resume: its update and the settings it changed
         self.best_val: dict | None = None  # {update, val_nats} of best-val.npz
+        self.stale_evals = 0  # validations since the best one (early stopping)
+        self.early_stopped = False  # --patience validations without a better one
         self.last_eval = -1  # update of the last validation
         self.fresh = True  # no files written yet (False once run() starts or after a resume)
         self.stop_signal = 0  # set by SIGINT/SIGTERM; training stops at the next block end
@@ -183,6 +196,7 @@ class Trainer:
                 self.dropout.set_state(meta["dropout_rng"])
             self.best_val = meta.get("best_val")
             self.last_eval = int(meta.get("last_eval", -1))
+            self.stale_evals = int(meta.get("stale_evals", 0))
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CharwiseError(
                 f"{where}: bad training metadata ({exc}); the file is corrupt"
@@ -191,6 +205,8 @@ class Trainer:
             updates > 0 and not np.isfinite([smooth, best_smooth, first]).all()
         ):
             raise CharwiseError(f"{where}: inconsistent training counters; the file is corrupt")
+        patience = self.config.patience  # may have changed: stopped early by the new one?
+        self.early_stopped = bool(patience) and self.stale_evals >= patience
         state.updates, state.smooth_loss = updates, smooth
         state.best_update, state.best_smooth, state.best_x0 = best_update, best_smooth, best_x0
         self.first_loss, self.saved_update = first, updates
@@ -245,6 +261,14 @@ class Trainer:
         state = self.state
         self.target = updates if updates is not None else 0
         self.minutes = minutes
+        cfg, schedule = self.config, self.optimizer.schedule
+        if schedule is not None and cfg.lr_schedule != "constant" and not cfg.decay_updates:
+            if updates is None:
+                raise CharwiseError(
+                    f"--lr-schedule {cfg.lr_schedule} decays over --updates; give them, "
+                    "or --decay-updates"
+                )
+            cfg.decay_updates = schedule.total = updates  # recorded: a resume keeps it
         limit = math.inf if updates is None else updates
         with _stop_on_signals(self):
             self._warm_up()
@@ -254,7 +278,7 @@ class Trainer:
             self.emit("begin", updates)
             try:
                 cap = FIRST_BLOCK
-                while state.updates < limit and not self._out_of_time():
+                while state.updates < limit and not self._out_of_time() and not self.early_stopped:
                     stops = [_next_multiple(state.updates, e) for e in self.intervals()]
                     n = int(min(*stops, state.updates + cap, limit)) - state.updates
                     u0, smooth0, t0 = state.updates, state.smooth_loss, self.elapsed
@@ -355,6 +379,8 @@ class Trainer:
             "dropout_rng": self.dropout.state() if self.dropout else None,
             "best_val": self.best_val,
             "last_eval": self.last_eval,
+            "stale_evals": self.stale_evals,
+            "early_stopped": self.early_stopped,
             "resumes": self.resumes,
         }
         checkpoint.save(self.out / CHECKPOINT, arrays, meta, kind="checkpoint")

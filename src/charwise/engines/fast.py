@@ -493,8 +493,8 @@ def _evaluate(b, c, U, W, V, data, runs):
 def cached() -> bool:
     """Whether numba's cache holds this engine's kernels (else the first call compiles them)."""
     folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent
-    pattern = f"**/{Path(__file__).stem}._train_block-*.nbi"
-    return any(folder.glob(pattern))
+    kernels = (f"{Path(__file__).stem}._train_block", "kernels._gru_backward")
+    return all(any(folder.glob(f"**/{name}-*.nbi")) for name in kernels)
 
 
 WARM: set[str] = set()  # dtypes whose kernels this process has compiled or loaded
@@ -516,6 +516,12 @@ def warm_up(dtype) -> None:
     sample(params, np.zeros(2), 0, 2, np.full(2, 0.5))
     advance(params, np.zeros(2), data[:2])
     evaluate(params, data)
+    if np.dtype(dtype) == np.float64:  # every family's cells (the models beyond the exercise)
+        for family in ("rnn", "lstm", "gru"):
+            params = Params.init(ModelSpec(family, K=3, m=2), seed=0)
+            state0 = params.spec.zero_state(2)
+            x = np.array([[0, 1], [1, 2]])
+            loss_and_grads(params, x, x, state0, lengths=np.array([2, 1]))
     WARM.add(str(dtype))
 
 
@@ -534,8 +540,28 @@ def _h(state) -> np.ndarray:
     return np.ascontiguousarray(np.reshape(h, -1), dtype=np.float64)
 
 
-def loss_and_grads(params: Params, x, y, h0):
-    """Loss, gradients (as RNNParams) and the last hidden state, by full BPTT."""
+# Models beyond the exercise's kernels (any family, layers, batch, dropout, optimiser, in
+# float64): the reference's equations with the cells' time loops compiled (kernels.py).
+def _kernel(spec) -> bool:
+    """Whether the exercise's kernels run this model (the one-layer rnn)."""
+    return spec.family == "rnn" and spec.layers == 1
+
+
+def _cell(spec):
+    from charwise.engines.kernels import CELLS
+
+    return CELLS[spec.family]
+
+
+def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
+    """Loss, gradients and the last state, by full BPTT: one stream of the one-layer rnn by the
+    exercise's kernel (h alone in and out, or a state tuple), else reference.loss_and_grads's
+    interface and results with compiled cells."""
+    one = np.ndim(x) == 1 and lengths is None and masks is None
+    if not (_kernel(params.spec) and one and h0 is not None):
+        from charwise.engines import reference
+
+        return reference.loss_and_grads(params, x, y, h0, lengths, masks, _cell(params.spec))
     x, y = _indices(x), _indices(y)
     b, c, U, W, V = params.arrays()
     arrays = (b, c, np.ascontiguousarray(U.T), W, V)
@@ -550,6 +576,10 @@ def loss_and_grads(params: Params, x, y, h0):
 
 def advance(params: Params, h0, x):
     """The state after reading the characters x from h0 (an h alone in, an h alone out)."""
+    if not _kernel(params.spec):
+        from charwise.engines import reference
+
+        return reference.advance(params, h0, x, _cell(params.spec))
     p = _float64(params)
     h = _advance(p.b, p.U, p.W, _h(h0), _indices(x))
     return (h.reshape(1, 1, -1),) if isinstance(h0, tuple) else h
@@ -557,6 +587,11 @@ def advance(params: Params, h0, x):
 
 def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1):
     """n indices drawn one at a time, each fed back; ends early after drawing `stop`."""
+    if not _kernel(params.spec):
+        from charwise.engines import reference
+
+        cell = _cell(params.spec)
+        return reference.sample(params, h0, x0, n, uniforms, temperature, top_p, stop, cell)
     p = _float64(params)
     out = np.empty(n, dtype=np.int64)
     u = np.ascontiguousarray(uniforms[:n], dtype=np.float64)
@@ -567,6 +602,10 @@ def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p
 
 def evaluate(params: Params, data, runs=None) -> tuple[float, int]:
     """reference.evaluate compiled: (sum of -log p, characters predicted) in float64."""
+    if not _kernel(params.spec):
+        from charwise.engines import reference
+
+        return reference.evaluate(params, data, runs, _cell(params.spec))
     p = _float64(params)
     runs = np.array([(0, len(data))] if runs is None else runs, dtype=np.int64).reshape(-1, 2)
     total, count = _evaluate(*p.arrays(), np.ascontiguousarray(data), runs)
@@ -574,7 +613,16 @@ def evaluate(params: Params, data, runs=None) -> tuple[float, int]:
 
 
 def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None) -> int:
-    """reference.run_block for one stream and AdaGrad (see engines.why_not)."""
+    """reference.run_block: the exercise (the one-layer rnn, one stream, AdaGrad at a constant
+    rate, no dropout) in one compiled call, everything else with compiled cells."""
+    exercise = optimizer.name == "adagrad" and optimizer.schedule is None and dropout is None
+    if not (_kernel(state.spec) and exercise and np.shape(starts)[1] == 1):
+        from charwise.engines import reference
+
+        cell = _cell(state.spec)
+        return reference.run_block(
+            state, optimizer, data, starts, lengths, resets, losses, dropout, cell
+        )
     one = (np.asarray(a)[:, 0] for a in (starts, lengths, resets))
     return train_block(state, data, *one, optimizer.eta, optimizer.eps, optimizer.clip, losses)
 

@@ -38,19 +38,21 @@ def log_softmax(O: np.ndarray) -> np.ndarray:
     return Z - np.log(np.exp(Z).sum(axis=-1, keepdims=True))
 
 
-def forward(params: Params, X: np.ndarray, state0: tuple, masks=None):
+def forward(params: Params, X: np.ndarray, state0: tuple, masks=None, cell=None):
     """Logits O (T*B, K), the states of every layer and step, and what backward needs.
 
     masks: dropout masks (B, T, m) for the inputs of layers 2..L and for h^L, or None.
+    cell: the cell's time loops (default: the model module's; the fast engine's are compiled).
     """
     spec = params.spec
+    cell = cell or spec.cell
     T, B = X.shape
     caches, inputs, states = [], [], []
     below = None  # the input of the next layer, (T, B, m)
     for layer in range(1, spec.layers + 1):
         names = spec.layer_names(layer)
         U, W, b = params[names["U"]], params[names["W"]], params[names["b"]]
-        extra = {e: params[names[e]] for e in spec.cell.EXTRA}
+        extra = {e: params[names[e]] for e in cell.EXTRA}
         if layer == 1:
             Ux = U.T[X]  # column x_t of U, for every step and stream
         else:
@@ -58,9 +60,7 @@ def forward(params: Params, X: np.ndarray, state0: tuple, masks=None):
                 below = below * masks[layer - 2].transpose(1, 0, 2)[:T]
             Ux = (below.reshape(T * B, spec.m) @ U.T).reshape(T, B, len(U))
         inputs.append(below)
-        layer_states, cache = spec.cell.forward(
-            Ux, W, b, extra, tuple(s[layer - 1] for s in state0)
-        )
+        layer_states, cache = cell.forward(Ux, W, b, extra, tuple(s[layer - 1] for s in state0))
         states.append(layer_states)
         caches.append(cache)
         below = layer_states[0]
@@ -77,12 +77,13 @@ def _chunk_losses(logP: np.ndarray, Y: np.ndarray, lengths) -> list[float]:
     return [float(-lp[: lengths[b], b].sum()) for b in range(B)]
 
 
-def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None):
+def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None, cell=None):
     """Loss (mean over streams of each stream's sum), gradients (Params) and the carried state
     after each stream's last real step, by full back-propagation through time."""
     spec = params.spec
+    cell = cell or spec.cell
     T, B = X.shape
-    O, states, (caches, inputs, top) = forward(params, X, state0, masks)
+    O, states, (caches, inputs, top) = forward(params, X, state0, masks, cell)
     logP = log_softmax(O)
     loss = math.fsum(_chunk_losses(logP, Y, lengths)) / B
 
@@ -101,8 +102,8 @@ def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=Non
     for layer in range(spec.layers, 0, -1):
         names = spec.layer_names(layer)
         U, W = params[names["U"]], params[names["W"]]
-        extra = {e: params[names[e]] for e in spec.cell.EXTRA}
-        dUx, dW, db, dextra = spec.cell.backward(dH, caches[layer - 1], W, extra)
+        extra = {e: params[names[e]] for e in cell.EXTRA}
+        dUx, dW, db, dextra = cell.backward(dH, caches[layer - 1], W, extra)
         flat = dUx.reshape(T * B, len(U))
         if layer == 1:
             dU = np.zeros_like(U)
@@ -133,7 +134,7 @@ def _last_states(state0: tuple, states: list, lengths) -> tuple[np.ndarray, ...]
     )
 
 
-def loss_and_grads(params: Params, x, y, state0=None, lengths=None, masks=None):
+def loss_and_grads(params: Params, x, y, state0=None, lengths=None, masks=None, cell=None):
     """Loss, gradients and last state for one stream (x, y of shape (T,), h0 (m,)) or B
     streams (x, y of shape (T, B), state0 a tuple of (L, B, m) arrays, lengths (B,))."""
     x, y = np.asarray(x), np.asarray(y)
@@ -142,7 +143,7 @@ def loss_and_grads(params: Params, x, y, state0=None, lengths=None, masks=None):
     B = X.shape[1]
     lengths = [len(X)] * B if lengths is None else lengths
     state = as_state(params.spec, state0, B)
-    loss, grads, last = loss_and_grads_batch(params, X, Y, lengths, state, masks)
+    loss, grads, last = loss_and_grads_batch(params, X, Y, lengths, state, masks, cell)
     if isinstance(state0, tuple):
         return loss, grads, last
     return loss, grads, last[0][-1, 0].copy() if one else last[0]
@@ -155,20 +156,20 @@ def loss(params: Params, x, y, h0) -> float:
     return float(-log_softmax(O)[np.arange(len(X)), np.asarray(y)].sum())
 
 
-def _run(params: Params, x, state: tuple) -> tuple:
+def _run(params: Params, x, state: tuple, cell=None) -> tuple:
     """The state after reading the indices x (one stream) from state, and the logits."""
-    O, states, _ = forward(params, np.asarray(x).reshape(-1, 1), state)
+    O, states, _ = forward(params, np.asarray(x).reshape(-1, 1), state, cell=cell)
     last = (np.stack([s[-1] for s in layer], axis=0) for layer in zip(*states, strict=True))
     return tuple(last), O
 
 
-def advance(params: Params, h0, x):
+def advance(params: Params, h0, x, cell=None):
     """The state after reading the characters x from h0: a state tuple for a tuple, an h
     alone for an h alone."""
     state = as_state(params.spec, h0)
     if not len(x):
         return state if isinstance(h0, tuple) else np.array(h0, dtype=np.float64)
-    last, _ = _run(params, x, state)
+    last, _ = _run(params, x, state, cell)
     return last if isinstance(h0, tuple) else last[0][-1, 0].copy()
 
 
@@ -198,14 +199,16 @@ def draw(p: np.ndarray, u: float) -> int:
     return int(np.searchsorted(cs, u * cs[-1], side="right"))
 
 
-def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1):
+def sample(
+    params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1, cell=None
+):
     """n indices drawn one at a time, each fed back; ends early after drawing `stop`.
 
     h0: the starting state (a tuple of (L, 1, m) arrays, or an h alone)."""
     state, x = as_state(params.spec, h0), int(x0)
     out = []
     for i in range(n):
-        state, O = _run(params, [x], state)
+        state, O = _run(params, [x], state, cell)
         x = draw(probabilities(O[0], temperature, top_p), uniforms[i])
         out.append(x)
         if x == stop:
@@ -213,7 +216,7 @@ def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p
     return np.array(out, dtype=np.int64)
 
 
-def evaluate(params: Params, data: np.ndarray, runs=None) -> tuple[float, int]:
+def evaluate(params: Params, data: np.ndarray, runs=None, cell=None) -> tuple[float, int]:
     """(sum of -log p over the predicted characters, their count), in float64, for the runs
     data[a:b] (default: all of data), each read once from a zero state with the state carried
     (a held-out text, or each held-out document)."""
@@ -226,7 +229,7 @@ def evaluate(params: Params, data: np.ndarray, runs=None) -> tuple[float, int]:
             e = min(s + EVAL_PIECE, b - 1)
             x = np.asarray(data[s:e], dtype=np.int64)
             y = np.asarray(data[s + 1 : e + 1], dtype=np.int64)
-            state, O = _run(params, x, state)
+            state, O = _run(params, x, state, cell)
             sums.append(-log_softmax(O)[np.arange(len(y)), y].sum())
             count += len(y)
     return math.fsum(sums), count
@@ -262,7 +265,9 @@ class Dropout:
         self.rng.bit_generator.state = state
 
 
-def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None) -> int:
+def run_block(
+    state, optimizer, data, starts, lengths, resets, losses, dropout=None, cell=None
+) -> int:
     """Run len(starts) updates of the protocol (SPEC.md) on `state`; losses[k] gets each loss.
 
     Update k reads, for stream b, inputs data[s : s+n] and targets data[s+1 : s+n+1]
@@ -277,7 +282,7 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
         X, Y = chunk_arrays(data, starts[k], lengths[k])
         masks = dropout.masks(spec, X.shape[1]) if dropout is not None else None
         L, grads, carry = loss_and_grads_batch(
-            state.params, X, Y, lengths[k], as_state(spec, state.carry), masks
+            state.params, X, Y, lengths[k], as_state(spec, state.carry), masks, cell
         )
         losses[k] = L
         if not np.isfinite(L) or not all(np.isfinite(g).all() for g in grads.arrays()):

@@ -217,15 +217,16 @@ def _masks(masks, T: int, dtype):
 def _step(optimizer, p, g, slots, t: int) -> None:
     """One update of p from g (clipped in place), the optimiser's slots updated in place."""
     g.clamp_(-optimizer.clip, optimizer.clip)
+    eta = optimizer.lr(t)
     if optimizer.name == "adagrad":
         G = slots["G"]
         G += g * g
-        p -= optimizer.eta * g / torch.sqrt(G + optimizer.eps)
+        p -= eta * g / torch.sqrt(G + optimizer.eps)
     elif optimizer.name == "rmsprop":
         v = slots["v"]
         v *= optimizer.alpha
         v += (1.0 - optimizer.alpha) * g * g
-        p -= optimizer.eta * g / (torch.sqrt(v) + optimizer.eps)
+        p -= eta * g / (torch.sqrt(v) + optimizer.eps)
     else:
         m, v = slots["m"], slots["v"]
         m *= optimizer.beta1
@@ -234,7 +235,7 @@ def _step(optimizer, p, g, slots, t: int) -> None:
         v += (1.0 - optimizer.beta2) * g * g
         m_hat = m / (1.0 - optimizer.beta1**t)
         v_hat = v / (1.0 - optimizer.beta2**t)
-        p -= optimizer.eta * m_hat / (torch.sqrt(v_hat) + optimizer.eps)
+        p -= eta * m_hat / (torch.sqrt(v_hat) + optimizer.eps)
 
 
 # ---- the block of updates -----------------------------------------------------------------------
