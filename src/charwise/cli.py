@@ -649,7 +649,7 @@ def sweep(sweep_file, out, resume_dir, address):
 def serve(runs_dir, port, host, no_browser):
     """The web dashboard of the runs in RUNS_DIR: follow training live, compare runs, start,
     stop and resume them, and sample with each character coloured by its surprisal."""
-    from charwise.web import serve as serve_dashboard
+    from charwise.web.server import serve as serve_dashboard
 
     if not 0 <= port <= 65535:
         raise CharwiseError("--port must be between 0 and 65535")

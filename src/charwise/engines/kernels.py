@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import numba  # through engines.fast, which chose numba's cache folder first
 import numpy as np
-
-from charwise.engines.fast import numba
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
