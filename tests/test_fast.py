@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import subprocess
 import sys
@@ -362,3 +363,32 @@ def test_bench_command_prints_every_engine(tmp_path):
         assert label in out.stdout
     rows = [line for line in out.stdout.splitlines() if line.startswith("(")]
     assert rows[0].split()[-1] == "1.0x" and all(row.endswith("x") for row in rows[:4])
+
+
+@pytest.mark.slow
+def test_bench_compares_every_engine_on_any_model(tmp_path):
+    """charwise bench --model ... --batch ...: each engine that runs the model, training,
+    sampling and validation in characters per second against the reference; the rows an
+    engine refuses are named with its reason."""
+    path = tmp_path / "corpus.txt"
+    path.write_text(english_like(3000), encoding="utf-8")
+    args = ["bench", str(path), "--model", "gru", "--layers", "2", "--m", "8", "--batch", "3"]
+    args += ["--seq-length", "10", "--optimizer", "adam", "--repeats", "2"]
+    out = subprocess.run(
+        [sys.executable, "-m", "charwise", *args],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "2-layer gru m = 8, adam, batch 3, seq length 10, median of 2" in out.stdout
+    rows = {line[:24].strip(): line[24:].split() for line in out.stdout.splitlines()[4:]}
+    labels = ["reference float64", "fast float64"]
+    if importlib.util.find_spec("torch") is not None:
+        labels += ["torch float32, 1 thread", f"torch float32, {os.cpu_count()} threads"]
+    assert [label for label in rows if not label.startswith("note")] == labels
+    assert rows["reference float64"][1::2] == ["1.0x", "1.0x", "1.0x"]
+    for label in labels:
+        rates = [float(v.replace(",", "")) for v in rows[label][0::2]]
+        assert len(rates) == 3 and all(r > 0 for r in rates), label
+    assert "note: fast float32: left out, the fast engine runs float32 only" in out.stdout

@@ -279,3 +279,156 @@ def table(corpus: Corpus, rows: list[Row], notes: list[str], m: int, tau: int) -
             f"{sample:>15,.0f} {sample / base_sample:>6.1f}x"
         )
     return "\n".join(lines + [f"note: {note}" for note in notes])
+
+
+# ---- any model: the engines side by side (charwise bench --model ... --batch ...) ------------
+EVAL_CHARS = 20_000  # characters read by each validation measurement
+
+
+@dataclass
+class ModelRow:
+    label: str
+    engine: str
+    dtype: str
+    threads: int | None = None  # torch's intra-op threads (None: the engine's own)
+    rates: dict | None = None  # train / sample / eval -> chars/s, one per repetition
+
+
+class ModelRun:
+    """One engine training, sampling and evaluating a model of the given shape on the corpus."""
+
+    def __init__(self, row: ModelRow, corpus: Corpus, spec, optimizer: str, batch: int, tau: int):
+        from charwise.optim import default_eta, make_optimizer
+        from charwise.params import Params
+        from charwise.schedule import Streams
+
+        self.engine, self.threads, self.batch, self.tau = (
+            get_engine(row.engine),
+            row.threads,
+            batch,
+            tau,
+        )
+        if hasattr(self.engine, "use_device"):
+            self.engine.use_device("cpu")
+        self.optimizer = make_optimizer(optimizer, default_eta(optimizer))
+        params = Params.init(spec, seed=1, dtype=np.dtype(row.dtype))
+        self.state = TrainState.fresh(params, self.optimizer.slots, batch)
+        self.schedule = Streams(corpus, tau, batch)
+        self.data = np.ascontiguousarray(corpus.data)
+
+    def _threads(self):
+        import contextlib
+
+        if self.threads is None:
+            return contextlib.nullcontext()
+        import torch
+
+        @contextlib.contextmanager
+        def threads():
+            before = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(before)
+
+        return threads()
+
+    def train(self, updates: int) -> float:
+        """Characters per second of `updates` updates (B x tau characters each)."""
+        block = self.schedule.block(self.state.updates, updates)
+        with self._threads():
+            t0 = time.perf_counter()
+            self.engine.run_block(self.state, self.optimizer, self.data, *block, np.empty(updates))
+            return updates * self.batch * self.tau / (time.perf_counter() - t0)
+
+    def sample(self, n: int) -> float:
+        h0 = self.state.spec.zero_state(1)
+        uniforms = np.random.default_rng(SAMPLE_SEED).random(n)
+        with self._threads():
+            t0 = time.perf_counter()
+            self.engine.sample(self.state.params, h0, int(self.data[0]), n, uniforms)
+            return n / (time.perf_counter() - t0)
+
+    def evaluate(self, n: int) -> float:
+        with self._threads():
+            t0 = time.perf_counter()
+            _, count = self.engine.evaluate(self.state.params, self.data[:n])
+            return count / (time.perf_counter() - t0)
+
+
+def model_rows(spec, optimizer: str, batch: int, dtype: str) -> tuple[list[ModelRow], list[str]]:
+    """The engines that run the model: reference, fast (float64, float32), and the torch
+    engine in `dtype` on the CPU with one thread and with all; notes for those left out."""
+    from charwise.engines import why_not
+
+    candidates = [
+        ModelRow("reference float64", "reference", "float64"),
+        ModelRow("fast float64", "fast", "float64"),
+        ModelRow("fast float32", "fast", "float32"),
+    ]
+    if importlib.util.find_spec("torch") is not None:
+        cpus = os.cpu_count() or 1
+        candidates.append(ModelRow(f"torch {dtype}, 1 thread", "torch", dtype, 1))
+        candidates.append(ModelRow(f"torch {dtype}, {cpus} threads", "torch", dtype, cpus))
+    rows, notes = [], []
+    for row in candidates:
+        reason = why_not(row.engine, spec, optimizer, batch, 0.0, row.dtype)
+        if reason:
+            notes.append(f"{row.label}: left out, {reason}")
+        else:
+            rows.append(row)
+    if importlib.util.find_spec("torch") is None:
+        notes.append("torch: left out, not installed (pip install torch)")
+    return rows, notes
+
+
+def run_model(corpus: Corpus, spec, optimizer: str, batch: int, tau: int, dtype: str, repeats: int):
+    """Training, sampling and validation speed of every engine that runs the model,
+    interleaved over the repetitions; returns (rows, notes)."""
+    rows, notes = model_rows(spec, optimizer, batch, dtype)
+    runs = [ModelRun(row, corpus, spec, optimizer, batch, tau) for row in rows]
+    sizes = []
+    for run in runs:  # warm-up (kernels compiled or loaded), then sizes of about SECONDS
+        if hasattr(run.engine, "warm_up"):
+            run.engine.warm_up(np.dtype(run.state.params.dtype))
+        run.train(1), run.sample(2), run.evaluate(100)
+        train, sample = run.train(2) / (batch * tau), run.sample(20)
+        evaluate = run.evaluate(min(EVAL_CHARS, len(corpus)))
+        sizes.append(
+            (
+                max(2, int(train * SECONDS)),
+                max(20, int(sample * SECONDS)),
+                max(100, min(len(corpus), int(evaluate * SECONDS))),
+            )  # fmt: skip
+        )
+    for row in rows:
+        row.rates = {"train": [], "sample": [], "eval": []}
+    for _ in range(repeats):
+        for row, run, (n_train, n_sample, n_eval) in zip(rows, runs, sizes, strict=True):
+            row.rates["train"].append(run.train(n_train))
+            row.rates["sample"].append(run.sample(n_sample))
+            row.rates["eval"].append(run.evaluate(n_eval))
+    return rows, notes
+
+
+def model_table(corpus: Corpus, spec, optimizer: str, batch: int, tau: int, rows, notes) -> str:
+    """The engines' characters per second, with ratios against the reference engine."""
+    med = [{k: float(np.median(v)) for k, v in row.rates.items()} for row in rows]
+    base = med[0] if rows and rows[0].engine == "reference" else None
+    lines = [
+        f"corpus {corpus.name} ({len(corpus):,} characters, K = {len(corpus.vocab)}), "
+        f"{spec.describe()}, {optimizer}, batch {batch}, seq length {tau}, median of "
+        f"{len(rows[0].rates['train']) if rows else 0} interleaved repetitions",
+        f"machine: {machine()}",
+        "",
+        f"{'engine':24} {'train chars/s':>14} {'vs ref':>7} {'sample chars/s':>15} {'vs ref':>7} "
+        f"{'eval chars/s':>13} {'vs ref':>7}",
+    ]
+    for row, m in zip(rows, med, strict=True):
+        cells = []
+        for key, width in (("train", 14), ("sample", 15), ("eval", 13)):
+            ratio = f"{m[key] / base[key]:>6.1f}x" if base else f"{'-':>7}"
+            cells.append(f"{m[key]:>{width},.0f} {ratio}")
+        lines.append(f"{row.label:24} " + " ".join(cells))
+    return "\n".join(lines + [f"note: {note}" for note in notes])

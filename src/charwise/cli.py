@@ -419,13 +419,34 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
     help="Also the charwise torch engine's rows (float64, float32) on --device.",
 )
 @click.option("--device", default="auto", show_default=True, help="--engine torch: its device.")
-def bench(corpus, encoding, errors, m, seq_length, repeats, engine, device):
-    """Training and sampling speed of every engine side by side, against a classic loop."""
+@click.option("--model", type=click.Choice(FAMILIES), default="rnn", show_default=True)
+@click.option("--layers", default=1, show_default=True, help="Stacked layers.")
+@click.option("--batch", default=1, show_default=True, help="Streams per update.")
+@click.option("--optimizer", type=click.Choice(("adagrad", "rmsprop", "adam")), default="adagrad")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float64", "float32"]),
+    default="float32",
+    show_default=True,
+    help="The torch rows' type (beyond the exercise).",
+)
+def bench(corpus, encoding, errors, m, seq_length, repeats, engine, device, **model):
+    """Training and sampling speed of every engine side by side: the exercise against a
+    classic loop; with --model, --layers, --batch or --optimizer beyond it, every engine that
+    runs that model (reference, fast, torch with one thread and with all), training, sampling
+    and validation."""
     from charwise import bench as benchmark
 
-    if repeats < 1 or m < 1 or seq_length < 1:
-        raise CharwiseError("--repeats, --m and --seq-length must be positive")
+    if min(repeats, m, seq_length, model["layers"], model["batch"]) < 1:
+        raise CharwiseError("--repeats, --m, --seq-length, --layers and --batch must be positive")
     c = load_corpus(corpus, encoding, errors)
+    exercise = (model["model"], model["layers"], model["batch"], model["optimizer"])
+    if exercise != ("rnn", 1, 1, "adagrad"):
+        spec = ModelSpec(model["model"], len(c.vocab), m, model["layers"])
+        args = (spec, model["optimizer"], model["batch"], seq_length)
+        rows, notes = benchmark.run_model(c, *args, model["dtype"], repeats)
+        click.echo(benchmark.model_table(c, *args, rows, notes))
+        return
     rows, notes = benchmark.run(c, m, seq_length, repeats, device=device if engine else None)
     click.echo(benchmark.table(c, rows, notes, m, seq_length))
 
