@@ -193,6 +193,7 @@ class Group(click.Group):
             click.echo(f"charwise: error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one cannot cut the exit short
             click.echo(f"\ncharwise: interrupted{resume_hint(ctx)}", err=True)
             sys.exit(130)
         except OSError as exc:  # a file charwise was asked to read or write, outside a run
