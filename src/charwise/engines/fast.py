@@ -10,6 +10,9 @@ step is exactly a no-op; U is held transposed during a block, so those columns a
 contiguous) with 1/sqrt by Newton steps, the best-model snapshot taken in
 the AdaGrad pass, and whole blocks of updates in one compiled call.
 
+Every other model (any family, layers, batch, dropout, optimiser, schedule, in float64) runs the
+reference's equations with each cell's time loop compiled (kernels.py).
+
 Rounding: sums run in a fixed order (BLAS's for the four products, the same on every run
 on one machine) and multiply-adds may be fused (FASTMATH below), so results differ from
 numpy's in the last bits only (~1e-15); NaN/inf semantics are kept, so divergence is
@@ -47,6 +50,7 @@ import numba  # noqa: E402  (after the cache folder is chosen)
 if CACHE_DIR:
     numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before charwise
 
+from charwise.engines import reference  # noqa: E402
 from charwise.params import Params, RNNParams  # noqa: E402
 from charwise.state import TrainState  # noqa: E402
 
@@ -559,8 +563,6 @@ def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
     interface and results with compiled cells."""
     one = np.ndim(x) == 1 and lengths is None and masks is None
     if not (_kernel(params.spec) and one and h0 is not None):
-        from charwise.engines import reference
-
         return reference.loss_and_grads(params, x, y, h0, lengths, masks, _cell(params.spec))
     x, y = _indices(x), _indices(y)
     b, c, U, W, V = params.arrays()
@@ -577,8 +579,6 @@ def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
 def advance(params: Params, h0, x):
     """The state after reading the characters x from h0 (an h alone in, an h alone out)."""
     if not _kernel(params.spec):
-        from charwise.engines import reference
-
         return reference.advance(params, h0, x, _cell(params.spec))
     p = _float64(params)
     h = _advance(p.b, p.U, p.W, _h(h0), _indices(x))
@@ -588,8 +588,6 @@ def advance(params: Params, h0, x):
 def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1):
     """n indices drawn one at a time, each fed back; ends early after drawing `stop`."""
     if not _kernel(params.spec):
-        from charwise.engines import reference
-
         cell = _cell(params.spec)
         return reference.sample(params, h0, x0, n, uniforms, temperature, top_p, stop, cell)
     p = _float64(params)
@@ -603,8 +601,6 @@ def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p
 def evaluate(params: Params, data, runs=None) -> tuple[float, int]:
     """reference.evaluate compiled: (sum of -log p, characters predicted) in float64."""
     if not _kernel(params.spec):
-        from charwise.engines import reference
-
         return reference.evaluate(params, data, runs, _cell(params.spec))
     p = _float64(params)
     runs = np.array([(0, len(data))] if runs is None else runs, dtype=np.int64).reshape(-1, 2)
@@ -617,8 +613,6 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
     rate, no dropout) in one compiled call, everything else with compiled cells."""
     exercise = optimizer.name == "adagrad" and optimizer.schedule is None and dropout is None
     if not (_kernel(state.spec) and exercise and np.shape(starts)[1] == 1):
-        from charwise.engines import reference
-
         cell = _cell(state.spec)
         return reference.run_block(
             state, optimizer, data, starts, lengths, resets, losses, dropout, cell
