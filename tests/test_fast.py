@@ -341,18 +341,23 @@ def test_read_only_package_compiles_once_into_the_user_cache(tmp_path):
     assert second.endswith(", 1)]")  # loaded from the cache, not compiled again
 
 
-@pytest.mark.slow
-def test_bench_command_prints_every_engine(tmp_path):
+def bench(tmp_path, *args) -> subprocess.CompletedProcess:
+    """What `charwise bench` prints for a small English-like corpus and args."""
     path = tmp_path / "corpus.txt"
     path.write_text(english_like(3000), encoding="utf-8")
-    args = ["bench", str(path), "--m", "8", "--seq-length", "10", "--repeats", "1"]
     out = subprocess.run(
-        [sys.executable, "-m", "charwise", *args],
+        [sys.executable, "-m", "charwise", "bench", str(path), *args],
         env={**os.environ, "PYTHONPATH": str(SRC)},
         capture_output=True,
         text=True,
     )
     assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.mark.slow
+def test_bench_command_prints_every_engine(tmp_path):
+    out = bench(tmp_path, "--m", "8", "--seq-length", "10", "--repeats", "1")
     for label in (
         "(a) classic",
         "(b) reference",
@@ -370,17 +375,8 @@ def test_bench_compares_every_engine_on_any_model(tmp_path):
     """charwise bench --model ... --batch ...: each engine that runs the model, training,
     sampling and validation in characters per second against the reference; the rows an
     engine refuses are named with its reason."""
-    path = tmp_path / "corpus.txt"
-    path.write_text(english_like(3000), encoding="utf-8")
-    args = ["bench", str(path), "--model", "gru", "--layers", "2", "--m", "8", "--batch", "3"]
-    args += ["--seq-length", "10", "--optimizer", "adam", "--repeats", "2"]
-    out = subprocess.run(
-        [sys.executable, "-m", "charwise", *args],
-        env={**os.environ, "PYTHONPATH": str(SRC)},
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
+    args = ["--model", "gru", "--layers", "2", "--m", "8", "--batch", "3", "--seq-length", "10"]
+    out = bench(tmp_path, *args, "--optimizer", "adam", "--repeats", "2")
     assert "2-layer gru m = 8, adam, batch 3, seq length 10, median of 2" in out.stdout
     rows = {line[:24].strip(): line[24:].split() for line in out.stdout.splitlines()[4:]}
     labels = ["reference float64", "fast float64"]

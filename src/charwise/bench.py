@@ -10,6 +10,7 @@ the table reports medians. Used by `charwise bench` and benchmarks/engines.py.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -316,23 +317,20 @@ class ModelRun:
         self.schedule = Streams(corpus, tau, batch)
         self.data = np.ascontiguousarray(corpus.data)
 
+    @contextlib.contextmanager
     def _threads(self):
-        import contextlib
-
+        """torch's intra-op threads set to this row's count for the measurement."""
         if self.threads is None:
-            return contextlib.nullcontext()
+            yield
+            return
         import torch
 
-        @contextlib.contextmanager
-        def threads():
-            before = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-            try:
-                yield
-            finally:
-                torch.set_num_threads(before)
-
-        return threads()
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def train(self, updates: int) -> float:
         """Characters per second of `updates` updates (B x tau characters each)."""
