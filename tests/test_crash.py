@@ -113,11 +113,11 @@ def rows_written(out: Path) -> int:
         return -1
 
 
-def wait_for(condition, seconds: float = 60.0) -> None:
+def wait_for(condition, seconds: float = 60.0, pause: float = 0.002) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "the training process made no progress"
-        time.sleep(0.002)
+        time.sleep(pause)
 
 
 def kill_repeatedly(command, out: Path, updates: int, kills: int, seed: int) -> tuple[int, int]:
@@ -126,7 +126,8 @@ def kill_repeatedly(command, out: Path, updates: int, kills: int, seed: int) -> 
     kills inside a checkpoint write)."""
     rng = random.Random(seed)
     restarts, mid_write = 0, 0
-    targets = sorted(rng.sample(range(1, updates - updates // 16), kills - 2))
+    # the last kills leave the run a few checkpoints to aim at before it ends
+    targets = sorted(rng.sample(range(1, updates - updates // 8), kills - 2))
     plan = [(0, rng.uniform(0.0, 0.6)) for _ in range(2)] + [(t, None) for t in targets]
     for i, (target, delay) in enumerate(plan):
         resume = (out / CHECKPOINT).exists()
@@ -140,7 +141,8 @@ def kill_repeatedly(command, out: Path, updates: int, kills: int, seed: int) -> 
         else:
             wait_for(lambda t=target, p=proc: rows_written(out) >= t or p.poll() is not None)
             if i % 4 == 3:  # aim at a checkpoint write: kill while its temporary file exists
-                wait_for(lambda p=proc: any(out.glob(".*.tmp")) or p.poll() is not None)
+                # (looked for without pausing: a small checkpoint's temporary lives ~1 ms)
+                wait_for(lambda p=proc: any(out.glob(".*.tmp")) or p.poll() is not None, pause=0)
             else:
                 time.sleep(rng.uniform(0.0, 0.05))
         assert proc.poll() is None, f"finished before kill {i + 1}: {proc.stderr.read()}"
