@@ -67,8 +67,7 @@ def stream(
     check(model, temperature, top_p, prime)
     rng = np.random.default_rng() if rng is None else rng
     params = model.params.astype(np.float64)
-    start = model.default_start() if not prime else (model.vocab.end or "") + prime
-    primed = model.vocab.encode(start)
+    primed = model.start_indices(prime)
     state = params.spec.zero_state()
     if len(primed) > 1:
         state, _ = _run(params, primed[:-1], state)

@@ -65,6 +65,12 @@ class CharModel:
             return self.vocab.end
         return "\n" if "\n" in self.vocab.index else self.vocab.chars[0]
 
+    def start_indices(self, prime: str | None = None) -> np.ndarray:
+        """What the model reads before its first draw: the prime (after its end character, for
+        a document model), or the default start; the last one is fed with the first draw."""
+        start = self.default_start() if not prime else (self.vocab.end or "") + prime
+        return self.vocab.encode(start)
+
     def sample_indices(
         self,
         n: int,
@@ -81,8 +87,7 @@ class CharModel:
             raise CharwiseError("need --temperature >= 0 and 0 < --top-p <= 1")
         eng = self.engine(engine)
         rng = np.random.default_rng() if rng is None else rng
-        start = self.default_start() if not prime else (self.vocab.end or "") + prime
-        primed = self.vocab.encode(start)  # a document model reads its end char first
+        primed = self.start_indices(prime)
         state = self.spec.zero_state() if h0 is None else h0
         state = eng.advance(self.params, state, primed[:-1]) if len(primed) > 1 else state
         uniforms = rng.random(n)

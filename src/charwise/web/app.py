@@ -90,7 +90,7 @@ class Dashboard:
         if name is None:
             raise CharwiseError(f"model must be one of {', '.join(follow.MODEL_FILES)}")
         path = out / name
-        if path.is_symlink() or not path.is_file():
+        if not follow.readable(path):
             raise CharwiseError(f"{out.name} has no {which} model yet")
         key = (str(path), path.stat().st_mtime_ns)
         if key not in self.models:

@@ -16,11 +16,15 @@ CONSOLE_SHOWN = 200  # lines of console.log sent when a page starts following a 
 STATUS_EVERY = 1.0  # seconds between looks at a followed run's checkpoint and lock
 
 
+def readable(path: Path) -> bool:
+    """A file the dashboard reads: a regular file, not a link (it never reads through a link
+    in RUNS_DIR)."""
+    return path.is_file() and not path.is_symlink()
+
+
 def is_run(out: Path) -> bool:
-    """A run directory: its checkpoint a regular file, not a link (the dashboard never reads
-    through a link in RUNS_DIR)."""
-    checkpoint = out / rundir.CHECKPOINT
-    return checkpoint.is_file() and not checkpoint.is_symlink()
+    """A run directory: its checkpoint readable."""
+    return readable(out / rundir.CHECKPOINT)
 
 
 def run_facts(out: Path) -> dict | None:
@@ -43,9 +47,7 @@ def details(out: Path) -> dict:
         meta = checkpoint.read_meta(out / rundir.CHECKPOINT)
     except CharwiseError:
         meta = {}
-    models = [
-        k for k, f in MODEL_FILES.items() if (out / f).is_file() and not (out / f).is_symlink()
-    ]
+    models = [k for k, f in MODEL_FILES.items() if readable(out / f)]
     return facts | {
         "config": meta.get("config", {}),
         "corpus": meta.get("corpus", {}),

@@ -76,14 +76,13 @@ def check_corpus(corpus) -> str:
     return corpus
 
 
-def check_name(name: str, runs_dir: Path) -> str:
-    """A new run's folder name: letters, digits, '.', '_' and '-', not yet taken."""
+def check_name(name: str) -> str:
+    """A new run's folder name: letters, digits, '.', '_' and '-' (whether it is taken, the
+    exclusive mkdir in Jobs.start says)."""
     if not name or name.startswith(".") or not set(name) <= NAME_CHARS or len(name) > 100:
         raise CharwiseError(
             "a run name is letters, digits, '.', '_' and '-' (not first), at most 100 of them"
         )
-    if (runs_dir / name).exists() or (runs_dir / name).is_symlink():
-        raise CharwiseError(f"a run named {name} exists; pick another name")
     return name
 
 
@@ -107,7 +106,7 @@ def train_arguments(form: dict, runs_dir: Path) -> tuple[str, list[str]]:
         raise CharwiseError("give updates or minutes")
     stem = Path(corpus).stem or "run"
     name = form.get("name") or f"{stem}-{values.get('model', 'rnn')}-{time.strftime('%H%M%S')}"
-    name = check_name(str(name), runs_dir)
+    name = check_name(str(name))
     options = [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
     return name, ["--out", str(runs_dir / name), *options, *budget, "--", corpus]
 
@@ -142,6 +141,7 @@ class Job:
             )
         finally:
             os.close(fd)
+        # held: the loop keeps only a weak reference to a task
         self.waiter = asyncio.get_running_loop().create_task(self._wait())
 
     async def _wait(self) -> None:
