@@ -303,12 +303,8 @@ class ModelRun:
         from charwise.params import Params
         from charwise.schedule import Streams
 
-        self.engine, self.threads, self.batch, self.tau = (
-            get_engine(row.engine),
-            row.threads,
-            batch,
-            tau,
-        )
+        self.engine, self.threads = get_engine(row.engine), row.threads
+        self.batch, self.tau = batch, tau
         if hasattr(self.engine, "use_device"):
             self.engine.use_device("cpu")
         self.optimizer = make_optimizer(optimizer, default_eta(optimizer))
@@ -393,13 +389,8 @@ def run_model(corpus: Corpus, spec, optimizer: str, batch: int, tau: int, dtype:
         run.train(1), run.sample(2), run.evaluate(100)
         train, sample = run.train(2) / (batch * tau), run.sample(20)
         evaluate = run.evaluate(min(EVAL_CHARS, len(corpus)))
-        sizes.append(
-            (
-                max(2, int(train * SECONDS)),
-                max(20, int(sample * SECONDS)),
-                max(100, min(len(corpus), int(evaluate * SECONDS))),
-            )  # fmt: skip
-        )
+        n_eval = max(100, min(len(corpus), int(evaluate * SECONDS)))
+        sizes.append((max(2, int(train * SECONDS)), max(20, int(sample * SECONDS)), n_eval))
     for row in rows:
         row.rates = {"train": [], "sample": [], "eval": []}
     for _ in range(repeats):
