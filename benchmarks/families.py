@@ -39,13 +39,13 @@ def main() -> None:
     engine = get_engine(args.engine)
     if hasattr(engine, "use_device"):
         engine.use_device(args.device)
-    if hasattr(engine, "warm_up"):  # compiled before any timing
-        engine.warm_up(args.dtype)
     B, T, n = args.batch, args.seq_length, args.updates
     data = np.random.default_rng(0).integers(0, K, 200_000).astype(np.uint8)
     runs = {}
     for family, layers in MODELS:
         params = Params.init(ModelSpec(family, K, args.m, layers), seed=1, dtype=args.dtype)
+        if hasattr(engine, "warm_up"):  # compiled before any timing
+            engine.warm_up(args.dtype, params.spec)
         runs[(family, layers)] = (params, TrainState.fresh(params, ("m", "v"), B), [], [])
     optimizer, rng = Adam(2e-3), np.random.default_rng(1)
     for _ in range(args.repeats):  # interleaved: a busy machine slows every model alike

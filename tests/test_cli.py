@@ -109,7 +109,7 @@ def test_first_line_names_model_engine_and_held_out_text(tmp_path, corpus_file):
     assert "(150 held out)" in first
     res = run("train", corpus_file, "--no-progress", "--updates", 5, "--model", "gru", "--out",
               tmp_path / "b", "--layers", 2, "--m", 8, "--val-fraction", 0)  # fmt: skip
-    assert res.exit_code == 0 and "2-layer gru m = 8 (reference engine)" in res.output
+    assert res.exit_code == 0 and "2-layer gru m = 8 (fast engine)" in res.output
     assert "held out" not in res.output.splitlines()[0]
     info = run("info", corpus_file, "--val-fraction", 0.1)
     assert "held out with --val-fraction 0.1: 300 characters" in info.output
@@ -123,11 +123,8 @@ def test_first_line_names_model_engine_and_held_out_text(tmp_path, corpus_file):
         (["--val-fraction", "-0.1"], "--val-fraction must be at least 0.0"),
         (["--batch", "0"], "--batch must be positive"),
         (["--eta", "nan"], "--eta must be a finite number"),
-        (
-            ["--engine", "fast", "--model", "lstm", "--dtype", "float32"],
-            "the fast engine runs float32 only for the exercise's model",
-        ),
-        (["--dtype", "float32", "--model", "gru"], "no engine runs gru m = 100 in float32"),
+        (["--engine", "reference", "--dtype", "float32"], "the reference engine is float64 only"),
+        (["--dtype", "bfloat16", "--model", "gru"], "no engine runs gru m = 100 in bfloat16"),
     ],
 )
 def test_model_option_errors_are_one_line(tmp_path, corpus_file, args, message):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from charwise.corpus import Corpus, load_corpus
-from charwise.engines import fast, reference
+from charwise.engines import fast, numerics, reference
 from charwise.optim import CLIP, EPS, ETA, TrainState
 from charwise.params import RNNParams
 from charwise.train import Schedule, TrainConfig, Trainer, read_samples
@@ -315,10 +315,10 @@ def test_import_charwise_does_not_import_numba():
 
 def test_cache_dir_is_a_user_folder_only_for_a_read_only_package():
     env = {"XDG_CACHE_HOME": "/x/cache"}
-    assert fast.numba_cache_dir(False, env) == str(Path("/x/cache/charwise/numba"))
-    assert fast.numba_cache_dir(True, env) is None  # numba's __pycache__ beside the source
-    assert fast.numba_cache_dir(False, {**env, "NUMBA_CACHE_DIR": "/mine"}) is None
-    assert fast.numba_cache_dir(False, {}).endswith(str(Path(".cache/charwise/numba")))
+    assert numerics.numba_cache_dir(False, env) == str(Path("/x/cache/charwise/numba"))
+    assert numerics.numba_cache_dir(True, env) is None  # numba's __pycache__ beside the source
+    assert numerics.numba_cache_dir(False, {**env, "NUMBA_CACHE_DIR": "/mine"}) is None
+    assert numerics.numba_cache_dir(False, {}).endswith(str(Path(".cache/charwise/numba")))
 
 
 @pytest.mark.slow
@@ -328,10 +328,10 @@ def test_read_only_package_compiles_once_into_the_user_cache(tmp_path):
         "import os; real = os.access\n"
         "os.access = lambda p, m, **k: False if str(p).endswith('engines') else real(p, m, **k)\n"
         "import numpy as np\n"
-        "from charwise.engines import fast\n"
+        "from charwise.engines import fast, numerics\n"
         "from charwise.params import RNNParams\n"
         "fast.advance(RNNParams.init(4, 3), np.zeros(4), np.array([0, 2, 1]))\n"
-        "print(fast.CACHE_DIR, fast._advance.stats.cache_hits.most_common(1))"
+        "print(numerics.CACHE_DIR, fast._advance.stats.cache_hits.most_common(1))"
     )
     cache = tmp_path / "cache"
     first = run_python(code, XDG_CACHE_HOME=str(cache))
@@ -373,13 +373,13 @@ def test_bench_command_prints_every_engine(tmp_path):
 @pytest.mark.slow
 def test_bench_compares_every_engine_on_any_model(tmp_path):
     """charwise bench --model ... --batch ...: each engine that runs the model, training,
-    sampling and validation in characters per second against the reference; the rows an
-    engine refuses are named with its reason."""
+    sampling and validation in characters per second against the reference, every engine
+    (both dtypes of the fast one) included."""
     args = ["--model", "gru", "--layers", "2", "--m", "8", "--batch", "3", "--seq-length", "10"]
     out = bench(tmp_path, *args, "--optimizer", "adam", "--repeats", "2")
     assert "2-layer gru m = 8, adam, batch 3, seq length 10, median of 2" in out.stdout
     rows = {line[:24].strip(): line[24:].split() for line in out.stdout.splitlines()[4:]}
-    labels = ["reference float64", "fast float64"]
+    labels = ["reference float64", "fast float64", "fast float32"]
     if importlib.util.find_spec("torch") is not None:
         labels += ["torch float32, 1 thread", f"torch float32, {os.cpu_count()} threads"]
     assert [label for label in rows if not label.startswith("note")] == labels
@@ -387,4 +387,4 @@ def test_bench_compares_every_engine_on_any_model(tmp_path):
     for label in labels:
         rates = [float(v.replace(",", "")) for v in rows[label][0::2]]
         assert len(rates) == 3 and all(r > 0 for r in rates), label
-    assert "note: fast float32: left out, the fast engine runs float32 only" in out.stdout
+    assert "left out" not in out.stdout  # every engine runs every model

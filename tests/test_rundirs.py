@@ -84,7 +84,7 @@ def test_new_folders_never_collide(tmp_path, monkeypatch):
     names = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert names == ["words-20261130-120000", "words-20261130-120000-2", "words-20261130-120000-3"]
     assert all((tmp_path / "runs" / n / "final.npz").exists() for n in names)
-    bad = cli("train", corpus, "--model", "lstm", "--dtype", "float32", "--no-progress")
+    bad = cli("train", corpus, "--model", "lstm", "--dtype", "bfloat16", "--no-progress")
     assert bad.exit_code == 1  # a refused run leaves no empty folder behind
     assert len(list((tmp_path / "runs").iterdir())) == 3
     assert run_dir(None, load_corpus(corpus)).name == "words-20261130-120000-4"

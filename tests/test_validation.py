@@ -128,7 +128,7 @@ def test_eval_log_and_best_val_model(validated_run):
     assert again["nats"] == pytest.approx(evals["val_nats"][best], rel=1e-12)
     assert again["chars"] == 599  # 600 held-out characters, 599 predicted
     assert "(600 held out)" in output and "best validation" in output
-    assert "2-layer" not in output and "lstm m = 12 (reference engine)" in output
+    assert "2-layer" not in output and "lstm m = 12 (fast engine)" in output
 
 
 def test_eval_command(validated_run, tmp_path):

@@ -385,7 +385,7 @@ def run_model(corpus: Corpus, spec, optimizer: str, batch: int, tau: int, dtype:
     sizes = []
     for run in runs:  # warm-up (kernels compiled or loaded), then sizes of about SECONDS
         if hasattr(run.engine, "warm_up"):
-            run.engine.warm_up(np.dtype(run.state.params.dtype))
+            run.engine.warm_up(np.dtype(run.state.params.dtype), run.state.spec)
         run.train(1), run.sample(2), run.evaluate(100)
         train, sample = run.train(2) / (batch * tau), run.sample(20)
         evaluate = run.evaluate(min(EVAL_CHARS, len(corpus)))

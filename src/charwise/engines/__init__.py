@@ -46,18 +46,7 @@ def why_not(
         return None  # every model; whether torch is installed is get_engine's to say
     if dtype not in ("float64", "float32"):
         return f"the {name} engine does not run --dtype {dtype} (it runs float64 and float32)"
-    if dtype == "float32" and not (_exercise(spec, optimizer, batch, dropout) and not scheduled):
-        return (
-            f"the {name} engine runs float32 only for the exercise's model (the one-layer rnn, "
-            "AdaGrad, one stream, no dropout, a constant learning rate)"
-        )
     return None
-
-
-def _exercise(spec, optimizer: str, batch: int, dropout: float) -> bool:
-    """The exercise's model and optimiser on one stream: what the fast engine's kernels train."""
-    rnn = spec.family == "rnn" and spec.layers == 1
-    return rnn and optimizer == "adagrad" and batch == 1 and not dropout
 
 
 def storage_dtype(dtype: str) -> str:
@@ -71,12 +60,11 @@ def pick(
     """The engine for a run: `name`, or for auto the first of ENGINES that runs it."""
     if name == "auto":
         for candidate in ENGINES:
-            if candidate == "fast" and not _exercise(spec, optimizer, batch, dropout):
-                continue  # beyond the exercise its compiled cells train slower at large batches
             if why_not(candidate, spec, optimizer, batch, dropout, dtype, scheduled) is None:
                 return candidate
-        hint = "--engine torch" if dtype == "bfloat16" else "--dtype float64 or --engine torch"
-        raise CharwiseError(f"no engine runs {spec.describe()} in {dtype} on its own; use {hint}")
+        raise CharwiseError(
+            f"no engine runs {spec.describe()} in {dtype} on its own; use --engine torch"
+        )
     get_engine(name)  # refuses an unknown name
     reason = why_not(name, spec, optimizer, batch, dropout, dtype, scheduled)
     if reason:

@@ -14,7 +14,7 @@ Every other model (any family, layers, batch, dropout, optimiser, schedule, in f
 reference's equations with each cell's time loop compiled (kernels.py).
 
 Rounding: sums run in a fixed order (BLAS's for the four products, the same on every run
-on one machine) and multiply-adds may be fused (FASTMATH below), so results differ from
+on one machine) and multiply-adds may be fused (numerics.FASTMATH), so results differ from
 numpy's in the last bits only (~1e-15); NaN/inf semantics are kept, so divergence is
 detected exactly as by the reference.
 """
@@ -22,53 +22,19 @@ detected exactly as by the reference.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
-
-def numba_cache_dir(package_writable: bool, environ) -> str | None:
-    """The folder for numba's on-disk cache when this package's folder is read-only.
-
-    numba caches next to the source by default; an installed, read-only package would
-    otherwise recompile on every start. None: keep numba's choice (the user's
-    NUMBA_CACHE_DIR, or __pycache__ beside this file).
-    """
-    if environ.get("NUMBA_CACHE_DIR") or package_writable:
-        return None
-    base = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return str(Path(base) / "charwise" / "numba")
-
-
-CACHE_DIR = numba_cache_dir(os.access(Path(__file__).parent, os.W_OK), os.environ)
-if CACHE_DIR:
-    os.environ["NUMBA_CACHE_DIR"] = CACHE_DIR  # read by numba when it is first imported
-
-import numba  # noqa: E402  (after the cache folder is chosen)
-
-if CACHE_DIR:
-    numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before charwise
-
-from charwise.engines import reference  # noqa: E402
-from charwise.params import Params, RNNParams  # noqa: E402
-from charwise.state import TrainState  # noqa: E402
-
-# Fused multiply-add only: one rounding instead of two in a*b + c. No reassociation, no
-# approximate functions, no NaN/inf assumptions (full fastmath would break all of these).
-FASTMATH = {"contract"}
-# IEEE division (x/0 = inf, as numpy) instead of Python's ZeroDivisionError check, whose
-# branch would keep every loop with a division from being vectorised.
-jit = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-
-TANH_CUT = 20.0  # tanh(20) rounds to 1.0 in float64; larger |a| is clamped here
-TANH_HALVINGS = 8  # tanh via expm1(-2|a| / 2^8) and 8 doublings E <- E (E + 2)
-EXP_MIN = -708.0  # exp is evaluated on [EXP_MIN, 0]; below it returns ~1e-308, not 0
-LOG2E = 1.4426950408889634
-LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * LN2_HI is exact (fdlibm)
-LN2_LO = 1.90821492927058770002e-10
-INV_FACTORIAL = np.array([1.0 / math.factorial(n) for n in range(14)])  # 1/n!, exact n!
-POW2 = np.ldexp(1.0, np.arange(-1022, 1))  # 2^k for k = -1022 .. 0, indexed by k + 1022
+from charwise.engines import reference
+from charwise.engines.numerics import (
+    _exp_nonpositive,
+    _tanh,
+    jit,
+    numba,  # set up there: its cache folder is chosen before its import
+)
+from charwise.params import Params, RNNParams
+from charwise.state import TrainState
 
 
 # ---- building blocks ------------------------------------------------------------------------
@@ -106,51 +72,6 @@ def _transpose(A, out):
     for n in range(N):
         for r in range(R):
             out[n, r] = A[r, n]
-
-
-@jit
-def _taylor(x, top, low):
-    """sum over n = low .. top of x^(n - low) / n!, by Horner's rule from n = top down."""
-    s = INV_FACTORIAL[top]
-    for n in range(top - 1, low - 1, -1):
-        s = s * x + INV_FACTORIAL[n]
-    return s
-
-
-@jit
-def _tanh(a, out):
-    """out = tanh(a) elementwise, in float64, to a few ulp; vectorisable (no libm call).
-
-    tanh(y) = -E / (2 + E) with E = expm1(-2y), for y = |a|; E comes from a Taylor series
-    at -2y / 2^8 and 8 doublings expm1(2x) = E (E + 2), which keep the relative accuracy.
-    """
-    for i in range(a.size):
-        v = np.float64(a[i])
-        y = abs(v)
-        if y > TANH_CUT:
-            y = TANH_CUT
-        x = y * (-2.0 / 2.0**TANH_HALVINGS)
-        e = _taylor(x, 11, 1) * x  # expm1(x) = x (1/1! + x/2! + ... + x^10/11!)
-        for _ in range(TANH_HALVINGS):
-            e = e * (e + 2.0)
-        t = -e / (2.0 + e)
-        out[i] = t if v >= 0.0 else -t if v < 0.0 else v  # NaN stays NaN
-
-
-@jit
-def _exp_nonpositive(z, out):
-    """out = exp(z) for z <= 0 (NaN stays NaN), float64, ~1 ulp; vectorisable.
-
-    exp(z) = 2^k exp(r) with k = round(z / ln 2), |r| <= ln(2) / 2, exp(r) by Taylor.
-    """
-    for i in range(z.size):
-        v = z[i]
-        w = v if v >= EXP_MIN else EXP_MIN if v < EXP_MIN else v
-        k = math.floor(w * LOG2E + 0.5)
-        r = (w - k * LN2_HI) - k * LN2_LO
-        p = _taylor(r, 13, 0)  # exp(r) = 1/0! + r/1! + ... + r^13/13!
-        j = int(k) + 1022 if w == w else 0
-        out[i] = p * POW2[j] if w == w else w
 
 
 @jit
@@ -494,39 +415,43 @@ def _evaluate(b, c, U, W, V, data, runs):
 
 
 # ---- the engine interface (see engines/__init__.py) -------------------------------------------
-def cached() -> bool:
-    """Whether numba's cache holds this engine's kernels (else the first call compiles them)."""
+def cached(spec) -> bool:
+    """Whether numba's cache holds the kernels of this model (else the first call compiles them)."""
     folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent
-    kernels = (f"{Path(__file__).stem}._train_block", "kernels._gru_backward")
+    kernels = [f"kernels._{spec.family}_forward", "kernels._softmax_loss"]
+    kernels += [f"{Path(__file__).stem}._train_block"] if _kernel(spec) else []
     return all(any(folder.glob(f"**/{name}-*.nbi")) for name in kernels)
 
 
-WARM: set[str] = set()  # dtypes whose kernels this process has compiled or loaded
+WARM: set[tuple] = set()  # (dtype, family) whose kernels this process has compiled or loaded
 
 
-def warm_up(dtype) -> None:
-    """Compile (or load from the cache) every kernel a run calls, for this dtype, on a tiny
-    model: the run's first block then measures training only."""
+def warm_up(dtype, spec) -> None:
+    """Compile (or load from the cache) the kernels a run of this model calls, and only those:
+    training in its dtype, sampling and validation in float64, on a tiny model of its family
+    (two layers, two streams, dropout masks), so that the run's first block measures training
+    only."""
     from charwise.models import ModelSpec
 
-    if str(dtype) in WARM:
+    key = (str(dtype), spec.family)
+    if key in WARM:
         return
-    spec = ModelSpec("rnn", K=3, m=2)
-    params = Params.init(spec, seed=0).astype(np.dtype(dtype))
-    state = TrainState.fresh(params)
     data = np.array([0, 1, 2, 1, 0], dtype=np.uint8)
-    one = np.zeros(1, dtype=np.int64)
-    train_block(state, data, one, one + 2, np.ones(1, bool), 0.1, 1e-8, 5.0, np.empty(1))
-    sample(params, np.zeros(2), 0, 2, np.full(2, 0.5))
-    advance(params, np.zeros(2), data[:2])
+    if _kernel(spec):  # the exercise's kernels, which also sample and validate this model
+        params = Params.init(ModelSpec("rnn", K=3, m=2), seed=0).astype(np.dtype(dtype))
+        state = TrainState.fresh(params)
+        one = np.zeros(1, dtype=np.int64)
+        train_block(state, data, one, one + 2, np.ones(1, bool), 0.1, 1e-8, 5.0, np.empty(1))
+    tiny = Params.init(ModelSpec(spec.family, K=3, m=2, layers=min(spec.layers, 2)), seed=0)
+    x, lengths = np.array([[0, 1], [1, 2]]), np.array([2, 1])
+    masks = [np.ones((2, 2, 2))] * tiny.spec.layers
+    for dt in {np.dtype(dtype), np.dtype(np.float64)}:
+        loss_and_grads(tiny.astype(dt), x, x, tiny.spec.zero_state(2, dt), lengths, masks)
+    params = Params.init(ModelSpec(spec.family, K=3, m=2, layers=spec.layers), seed=0)
+    sample(params, params.spec.zero_state(), 0, 2, np.full(2, 0.5))
+    advance(params, params.spec.zero_state(), data[:2])
     evaluate(params, data)
-    if np.dtype(dtype) == np.float64:  # every family's cells (the models beyond the exercise)
-        for family in ("rnn", "lstm", "gru"):
-            params = Params.init(ModelSpec(family, K=3, m=2), seed=0)
-            state0 = params.spec.zero_state(2)
-            x = np.array([[0, 1], [1, 2]])
-            loss_and_grads(params, x, x, state0, lengths=np.array([2, 1]))
-    WARM.add(str(dtype))
+    WARM.add(key)
 
 
 def _indices(x) -> np.ndarray:
@@ -557,13 +482,19 @@ def _cell(spec):
     return CELLS[spec.family]
 
 
+def _batch():
+    from charwise.engines.kernels import loss_and_grads_batch
+
+    return loss_and_grads_batch
+
+
 def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
     """Loss, gradients and the last state, by full BPTT: one stream of the one-layer rnn by the
     exercise's kernel (h alone in and out, or a state tuple), else reference.loss_and_grads's
     interface and results with compiled cells."""
     one = np.ndim(x) == 1 and lengths is None and masks is None
     if not (_kernel(params.spec) and one and h0 is not None):
-        return reference.loss_and_grads(params, x, y, h0, lengths, masks, _cell(params.spec))
+        return reference.loss_and_grads(params, x, y, h0, lengths, masks, _batch())
     x, y = _indices(x), _indices(y)
     b, c, U, W, V = params.arrays()
     arrays = (b, c, np.ascontiguousarray(U.T), W, V)
@@ -579,7 +510,7 @@ def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
 def advance(params: Params, h0, x):
     """The state after reading the characters x from h0 (an h alone in, an h alone out)."""
     if not _kernel(params.spec):
-        return reference.advance(params, h0, x, _cell(params.spec))
+        return reference.advance(_float64(params), h0, x, _cell(params.spec))
     p = _float64(params)
     h = _advance(p.b, p.U, p.W, _h(h0), _indices(x))
     return (h.reshape(1, 1, -1),) if isinstance(h0, tuple) else h
@@ -589,7 +520,8 @@ def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p
     """n indices drawn one at a time, each fed back; ends early after drawing `stop`."""
     if not _kernel(params.spec):
         cell = _cell(params.spec)
-        return reference.sample(params, h0, x0, n, uniforms, temperature, top_p, stop, cell)
+        p = _float64(params)
+        return reference.sample(p, h0, x0, n, uniforms, temperature, top_p, stop, cell)
     p = _float64(params)
     out = np.empty(n, dtype=np.int64)
     u = np.ascontiguousarray(uniforms[:n], dtype=np.float64)
@@ -613,9 +545,8 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
     rate, no dropout) in one compiled call, everything else with compiled cells."""
     exercise = optimizer.name == "adagrad" and optimizer.schedule is None and dropout is None
     if not (_kernel(state.spec) and exercise and np.shape(starts)[1] == 1):
-        cell = _cell(state.spec)
         return reference.run_block(
-            state, optimizer, data, starts, lengths, resets, losses, dropout, cell
+            state, optimizer, data, starts, lengths, resets, losses, dropout, _batch()
         )
     one = (np.asarray(a)[:, 0] for a in (starts, lengths, resets))
     return train_block(state, data, *one, optimizer.eta, optimizer.eps, optimizer.clip, losses)

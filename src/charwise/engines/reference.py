@@ -134,16 +134,19 @@ def _last_states(state0: tuple, states: list, lengths) -> tuple[np.ndarray, ...]
     )
 
 
-def loss_and_grads(params: Params, x, y, state0=None, lengths=None, masks=None, cell=None):
+def loss_and_grads(params: Params, x, y, state0=None, lengths=None, masks=None, batch=None):
     """Loss, gradients and last state for one stream (x, y of shape (T,), h0 (m,)) or B
-    streams (x, y of shape (T, B), state0 a tuple of (L, B, m) arrays, lengths (B,))."""
+    streams (x, y of shape (T, B), state0 a tuple of (L, B, m) arrays, lengths (B,)).
+
+    batch: the function that computes them for B streams (default loss_and_grads_batch; the
+    fast engine passes its own)."""
     x, y = np.asarray(x), np.asarray(y)
     one = x.ndim == 1
     X, Y = (x[:, None], y[:, None]) if one else (x, y)
     B = X.shape[1]
     lengths = [len(X)] * B if lengths is None else lengths
     state = as_state(params.spec, state0, B)
-    loss, grads, last = loss_and_grads_batch(params, X, Y, lengths, state, masks, cell)
+    loss, grads, last = (batch or loss_and_grads_batch)(params, X, Y, lengths, state, masks)
     if isinstance(state0, tuple):
         return loss, grads, last
     return loss, grads, last[0][-1, 0].copy() if one else last[0]
@@ -266,24 +269,24 @@ class Dropout:
 
 
 def run_block(
-    state, optimizer, data, starts, lengths, resets, losses, dropout=None, cell=None
+    state, optimizer, data, starts, lengths, resets, losses, dropout=None, batch=None
 ) -> int:
     """Run len(starts) updates of the protocol (SPEC.md) on `state`; losses[k] gets each loss.
 
     Update k reads, for stream b, inputs data[s : s+n] and targets data[s+1 : s+n+1]
     (s = starts[k, b], n = lengths[k, b]) from its carried state, first zeroed when resets[k, b]
     is set. Stops early and returns the count done when a loss or gradient is not finite
-    (that update is not applied).
+    (that update is not applied). batch: as for loss_and_grads.
     """
     spec = state.spec
+    batch = batch or loss_and_grads_batch
     for k in range(len(starts)):
         for s in state.carry:
             s[:, resets[k]] = 0.0
         X, Y = chunk_arrays(data, starts[k], lengths[k])
         masks = dropout.masks(spec, X.shape[1]) if dropout is not None else None
-        L, grads, carry = loss_and_grads_batch(
-            state.params, X, Y, lengths[k], as_state(spec, state.carry), masks, cell
-        )
+        state0 = as_state(spec, state.carry)
+        L, grads, carry = batch(state.params, X, Y, lengths[k], state0, masks)
         losses[k] = L
         if not np.isfinite(L) or not all(np.isfinite(g).all() for g in grads.arrays()):
             return k

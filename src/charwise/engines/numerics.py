@@ -1,0 +1,118 @@
+"""numba, set up once for every compiled engine, and the vectorisable float64 math they share.
+
+numba caches compiled kernels next to the source; the folder is chosen here before numba is
+first imported (numba_cache_dir). The functions below avoid libm calls, so that LLVM
+vectorises the loops that call them (a scalar exp or tanh call per entry costs several times
+the arithmetic here).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def numba_cache_dir(package_writable: bool, environ) -> str | None:
+    """The folder for numba's on-disk cache when this package's folder is read-only.
+
+    numba caches next to the source by default; an installed, read-only package would
+    otherwise recompile on every start. None: keep numba's choice (the user's
+    NUMBA_CACHE_DIR, or __pycache__ beside this file).
+    """
+    if environ.get("NUMBA_CACHE_DIR") or package_writable:
+        return None
+    base = environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return str(Path(base) / "charwise" / "numba")
+
+
+CACHE_DIR = numba_cache_dir(os.access(Path(__file__).parent, os.W_OK), os.environ)
+if CACHE_DIR:
+    os.environ["NUMBA_CACHE_DIR"] = CACHE_DIR  # read by numba when it is first imported
+
+import numba  # noqa: E402  (after the cache folder is chosen)
+
+if CACHE_DIR:
+    numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before charwise
+
+# Fused multiply-add only: one rounding instead of two in a*b + c. No reassociation, no
+# approximate functions, no NaN/inf assumptions (full fastmath would break all of these).
+FASTMATH = {"contract"}
+# IEEE division (x/0 = inf, as numpy) instead of Python's ZeroDivisionError check, whose
+# branch would keep every loop with a division from being vectorised.
+jit = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+
+TANH_CUT = 20.0  # tanh(20) rounds to 1.0 in float64; larger |a| is clamped here
+TANH_HALVINGS = 8  # tanh via expm1(-2|a| / 2^8) and 8 doublings E <- E (E + 2)
+EXP_MIN = -708.0  # exp is evaluated on [EXP_MIN, 0]; below it returns ~1e-308, not 0
+LOG2E = 1.4426950408889634
+LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * LN2_HI is exact (fdlibm)
+LN2_LO = 1.90821492927058770002e-10
+INV_FACTORIAL = np.array([1.0 / math.factorial(n) for n in range(14)])  # 1/n!, exact n!
+POW2 = np.ldexp(1.0, np.arange(-1022, 1))  # 2^k for k = -1022 .. 0, indexed by k + 1022
+
+
+@jit
+def _taylor(x, top, low):
+    """sum over n = low .. top of x^(n - low) / n!, by Horner's rule from n = top down."""
+    s = INV_FACTORIAL[top]
+    for n in range(top - 1, low - 1, -1):
+        s = s * x + INV_FACTORIAL[n]
+    return s
+
+
+@jit
+def _tanh(a, out):
+    """out = tanh(a) elementwise, in float64, to a few ulp; vectorisable (no libm call).
+
+    tanh(y) = -E / (2 + E) with E = expm1(-2y), for y = |a|; E comes from a Taylor series
+    at -2y / 2^8 and 8 doublings expm1(2x) = E (E + 2), which keep the relative accuracy.
+    """
+    for i in range(a.size):
+        v = np.float64(a[i])
+        y = abs(v)
+        if y > TANH_CUT:
+            y = TANH_CUT
+        x = y * (-2.0 / 2.0**TANH_HALVINGS)
+        e = _taylor(x, 11, 1) * x  # expm1(x) = x (1/1! + x/2! + ... + x^10/11!)
+        for _ in range(TANH_HALVINGS):
+            e = e * (e + 2.0)
+        t = -e / (2.0 + e)
+        out[i] = t if v >= 0.0 else -t if v < 0.0 else v  # NaN stays NaN
+
+
+@jit
+def _exp_nonpositive(z, out):
+    """out = exp(z) for z <= 0 (NaN stays NaN), float64, ~1 ulp; vectorisable.
+
+    exp(z) = 2^k exp(r) with k = round(z / ln 2), |r| <= ln(2) / 2, exp(r) by Taylor.
+    """
+    for i in range(z.size):
+        v = z[i]
+        w = v if v >= EXP_MIN else EXP_MIN if v < EXP_MIN else v
+        k = math.floor(w * LOG2E + 0.5)
+        r = (w - k * LN2_HI) - k * LN2_LO
+        p = _taylor(r, 13, 0)  # exp(r) = 1/0! + r/1! + ... + r^13/13!
+        j = int(k) + 1022 if w == w else 0
+        out[i] = p * POW2[j] if w == w else w
+
+
+@jit
+def _sigmoid(a, out):
+    """out = 1 / (1 + exp(-a)) elementwise, in float64 (any input dtype), ~1 ulp; vectorisable.
+
+    With e = exp(-|a|) <= 1: 1 / (1 + e) for a >= 0 and e / (1 + e) below, so that neither
+    overflows; NaN stays NaN.
+    """
+    for i in range(a.size):
+        v = np.float64(a[i])
+        w = -abs(v)
+        w = w if w >= EXP_MIN else EXP_MIN if w < EXP_MIN else w
+        k = math.floor(w * LOG2E + 0.5)
+        r = (w - k * LN2_HI) - k * LN2_LO
+        j = int(k) + 1022 if w == w else 0
+        e = _taylor(r, 13, 0) * POW2[j]
+        s = 1.0 / (1.0 + e)
+        out[i] = s if v >= 0.0 else e * s if v < 0.0 else v
