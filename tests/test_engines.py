@@ -26,15 +26,19 @@ if not has_torch and os.environ.get("CHARWISE_REQUIRE_TORCH"):
     raise RuntimeError("CHARWISE_REQUIRE_TORCH is set but torch is not installed")
 
 # (family, layers, batch, optimizer, dropout): the exercise, then what lies beyond it
-CASES = [("rnn", 1, 1, "adagrad", 0.0)] + [
-    (family, layers, batch, optimizer, dropout)
-    for family in ("rnn", "lstm", "gru")
-    for layers, batch, optimizer, dropout in (
-        (1, 4, "adam", 0.0),
-        (2, 1, "rmsprop", 0.0),
-        (2, 4, "adam", 0.3),
-    )
-]
+CASES = (
+    [("rnn", 1, 1, "adagrad", 0.0)]
+    + [
+        (family, layers, batch, optimizer, dropout)
+        for family in ("rnn", "lstm", "gru")
+        for layers, batch, optimizer, dropout in (
+            (1, 4, "adam", 0.0),
+            (2, 1, "rmsprop", 0.0),
+            (2, 4, "adam", 0.3),
+        )
+    ]
+    + [("lstm", 1, 3, "adagrad", 0.0)]
+)  # AdaGrad beyond the exercise
 ENGINES = ["fast"] + (["torch"] if has_torch else [])
 PAIRS = [
     pytest.param(engine, *case, id=f"{engine}-{case[0]}-L{case[1]}-B{case[2]}-{case[3]}-p{case[4]}")
@@ -221,6 +225,37 @@ def test_float32_equals_the_reference_to_float32_rounding(
         assert state.params.dtype == np.float32 and state.carry[0].dtype == np.float32
         assert_close(state, ref_state, REL32)
         state = as_float32(ref_state)
+
+
+@pytest.mark.parametrize(
+    "family, layers, batch, optimizer, dtype",
+    [
+        ("rnn", 2, 4, "rmsprop", "float32"),
+        ("lstm", 1, 8, "adam", "float64"),
+        ("gru", 2, 4, "adagrad", "float32"),
+    ],
+)
+def test_free_running_fast_runs_learn_as_the_reference(family, layers, batch, optimizer, dtype):
+    """400 updates from one initial state, each engine on its own (their rounding differs, and
+    training can amplify it): the mean loss of the last 100 updates agrees within 2%
+    (measured: 0.17% for the float32 rnn, ~1e-15 in float64), and both learned (below 70% of
+    the first loss)."""
+    vocab, data = text_data(20_000)
+    spec = ModelSpec(family, len(vocab), 32, layers)
+    schedule = Streams(Corpus("t", vocab, data), 20, batch)
+    curves = {}
+    for engine, dt in (("reference", "float64"), ("fast", dtype)):
+        params = Params.init(spec, seed=2, dtype=np.dtype(dt))
+        opt = make_optimizer(optimizer, 0.1 if optimizer == "adagrad" else 0.01)
+        state = TrainState.fresh(params, opt.slots, batch)
+        losses = np.empty(400)
+        dropout = reference.Dropout(0.1, 20, np.random.default_rng(5))
+        block = schedule.block(0, 400)
+        assert get_engine(engine).run_block(state, opt, data, *block, losses, dropout) == 400
+        curves[engine] = losses
+    ref, fast = (curves[e][-100:].mean() for e in ("reference", "fast"))
+    assert abs(fast - ref) <= 0.02 * ref
+    assert ref < 0.7 * curves["reference"][0] and fast < 0.7 * curves["fast"][0]
 
 
 needs_torch = pytest.mark.skipif(not has_torch, reason="torch not installed")

@@ -206,7 +206,22 @@ FAMILY_RUNS = {  # beyond the exercise: every piece of state a resume must bring
     "gru-rmsprop-random-chunks": dict(
         model="gru", optimizer="rmsprop", batch=3, chunks="random", val_fraction=0.1
     ),
+    # the fast engine: each family and each optimiser once, in either dtype
+    "fast-float32-lstm-adam-batch4-dropout": dict(
+        model="lstm", layers=2, optimizer="adam", batch=4, dropout=0.2, val_fraction=0.1
+    ),
+    "fast-gru-rmsprop-random-chunks": dict(
+        model="gru", optimizer="rmsprop", batch=3, chunks="random", val_fraction=0.1
+    ),
+    "fast-float32-rnn-adagrad-batch3-cosine": dict(
+        optimizer="adagrad", batch=3, lr_schedule="cosine", warmup=5, val_fraction=0.1
+    ),
 }
+
+
+def engine_of(name: str) -> str:
+    """The engine of a FAMILY_RUNS entry, as small_config takes it."""
+    return next((e for e in ("fast-float32", "fast") if name.startswith(e + "-")), "reference")
 
 
 class StopAt:
@@ -235,7 +250,8 @@ def test_family_runs_resume_bit_identically(name, corpus_file, tmp_path):
     """Stopped (as by Ctrl-C) at updates 37 and 71 and resumed: the same run directory as
     one uninterrupted run, validation log and best-val model included."""
     corpus = load_corpus(corpus_file)
-    config = lambda: small_config("reference", eval_every=30, **FAMILY_RUNS[name])  # noqa: E731
+    settings = FAMILY_RUNS[name]
+    config = lambda: small_config(engine_of(name), eval_every=30, **settings)  # noqa: E731
     whole, part = tmp_path / "whole", tmp_path / "part"
     Trainer(corpus, config(), whole).run(100, progress=False)
     interrupted_at(Trainer(corpus, config(), part), 37, 100)

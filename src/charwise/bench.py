@@ -29,6 +29,11 @@ from charwise.schedule import Schedule
 REPEATS = 5  # interleaved repetitions; the table shows the median of each
 SECONDS = 0.4  # aim for about this long per measurement, so timer noise does not matter
 SAMPLE_SEED = 0  # the uniforms of the sampling runs
+# idle seconds before each measurement: the BLAS and OpenMP threads of the contestant before
+# (numpy's, SciPy's and torch's pools are separate) spin for a while after their work and
+# would slow the next one otherwise (measured: the fast engine's lstm m 128, batch 1, at a
+# third of its speed right after torch's turn)
+PAUSE = 0.3
 
 
 class Classic:
@@ -210,6 +215,7 @@ def contestants(device: str | None = None) -> tuple[list[Row], list[str]]:
 
 
 def _timed(func, n: int) -> float:
+    time.sleep(PAUSE)
     t0 = time.perf_counter()
     func(n)
     return n / (time.perf_counter() - t0)
@@ -331,6 +337,7 @@ class ModelRun:
     def train(self, updates: int) -> float:
         """Characters per second of `updates` updates (B x tau characters each)."""
         block = self.schedule.block(self.state.updates, updates)
+        time.sleep(PAUSE)
         with self._threads():
             t0 = time.perf_counter()
             self.engine.run_block(self.state, self.optimizer, self.data, *block, np.empty(updates))
@@ -339,12 +346,14 @@ class ModelRun:
     def sample(self, n: int) -> float:
         h0 = self.state.spec.zero_state(1)
         uniforms = np.random.default_rng(SAMPLE_SEED).random(n)
+        time.sleep(PAUSE)
         with self._threads():
             t0 = time.perf_counter()
             self.engine.sample(self.state.params, h0, int(self.data[0]), n, uniforms)
             return n / (time.perf_counter() - t0)
 
     def evaluate(self, n: int) -> float:
+        time.sleep(PAUSE)
         with self._threads():
             t0 = time.perf_counter()
             _, count = self.engine.evaluate(self.state.params, self.data[:n])

@@ -21,6 +21,7 @@ detected exactly as by the reference.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import numpy as np
 from charwise.engines import reference
 from charwise.engines.numerics import (
     _exp_nonpositive,
+    _sigmoid,
     _tanh,
     jit,
     numba,  # set up there: its cache folder is chosen before its import
@@ -414,12 +416,161 @@ def _evaluate(b, c, U, W, V, data, runs):
     return total, count
 
 
+# ---- every model, one stream: sampling, advance, evaluation ----------------------------------
+FAMILY_CODES = {"rnn": 0, "lstm": 1, "gru": 2}
+EVAL_PIECE = reference.EVAL_PIECE
+
+
+@jit
+def _cell_step(family, l, wz, u, b, bhn, h, c, z64):
+    """Layer l's state (h[l], c[l]) after one step, from wz = W h_{t-1} and u = the input term
+    (U u_t), both of G m entries (wz is overwritten); the gates as the model modules compute
+    them."""
+    m = h.shape[1]
+    hl, cl = h[l], c[l]
+    if family == 0:  # rnn: tanh(W h + U u + b)
+        for j in range(m):
+            wz[j] = (wz[j] + u[j]) + b[j]
+        _tanh(wz[:m], hl)
+    elif family == 1:  # lstm: i, f, g, o from W h + U u + b
+        for j in range(4 * m):
+            wz[j] = (wz[j] + u[j]) + b[j]
+        _sigmoid(wz[: 2 * m], wz[: 2 * m])
+        _tanh(wz[2 * m : 3 * m], wz[2 * m : 3 * m])
+        _sigmoid(wz[3 * m :], wz[3 * m :])
+        for j in range(m):
+            cl[j] = wz[m + j] * cl[j] + wz[j] * wz[2 * m + j]
+        _tanh(cl, z64[:m])
+        for j in range(m):
+            hl[j] = wz[3 * m + j] * z64[j]
+    else:  # gru: r, z from (U u + b) + W h; n = tanh(U_n u + b_n + r (W_n h + b_hn))
+        for j in range(2 * m):
+            wz[j] = (u[j] + b[j]) + wz[j]
+        _sigmoid(wz[: 2 * m], wz[: 2 * m])
+        for j in range(m):
+            z64[j] = (u[2 * m + j] + b[2 * m + j]) + wz[j] * (wz[2 * m + j] + bhn[j])
+        _tanh(z64[:m], z64[:m])
+        for j in range(m):
+            z = wz[m + j]
+            hl[j] = (1.0 - z) * z64[j] + z * hl[j]
+
+
+@jit
+def _model_step(family, x, h, c, UT1, UTs, WTs, bs, bhn, wz, u, z64):
+    """Every layer's state after reading character x (one stream, float64): layer 1 reads
+    row x of UT1 = U^T, layer l > 1 the new h of the layer below through UTs[l - 2]."""
+    for l in range(h.shape[0]):
+        _matvec(wz, h[l], WTs[l])
+        if l == 0:
+            u[:] = UT1[x]
+        else:
+            _matvec(u, h[l - 1], UTs[l - 1])
+        _cell_step(family, l, wz, u, bs[l], bhn[l], h, c, z64)
+
+
+@jit
+def _model_sample(family, h, c, arrays, VT, cb, x0, uniforms, temperature, top_p, stop, out):
+    """_sample for every model: fills out[:n], returns how many were drawn."""
+    UT1, UTs, WTs, bs, bhn = arrays
+    G, K = WTs.shape[2], cb.size
+    wz, u, z64 = np.empty(G), np.empty(G), np.empty(max(G, K))
+    o, p = np.empty(K), np.empty(K)
+    x = x0
+    for i in range(out.size):
+        _model_step(family, x, h, c, UT1, UTs, WTs, bs, bhn, wz, u, z64)
+        _matvec(o, h[-1], VT)
+        for k in range(K):
+            o[k] = o[k] + cb[k]
+        _probabilities(o, temperature, top_p, p)
+        x = _draw(p, uniforms[i])
+        out[i] = x
+        if x == stop:
+            return i + 1
+    return out.size
+
+
+@jit
+def _model_advance(family, h, c, arrays, x):
+    UT1, UTs, WTs, bs, bhn = arrays
+    G = WTs.shape[2]
+    wz, u, z64 = np.empty(G), np.empty(G), np.empty(G)
+    for t in range(x.size):
+        _model_step(family, x[t], h, c, UT1, UTs, WTs, bs, bhn, wz, u, z64)
+
+
+@jit
+def _model_evaluate(family, L, arrays, VT, cb, data, runs):
+    """_evaluate for every model: each run read from zero states, states carried, a piece of
+    up to EVAL_PIECE steps at a time and layer by layer (as reference.evaluate), so that a
+    layer's input terms over the piece are one product (a gather for layer 1), and so are the
+    logits; only W h_{t-1} is a product per step."""
+    UT1, UTs, WTs, bs, bhn = arrays
+    m, G, K, P = WTs.shape[1], WTs.shape[2], cb.size, EVAL_PIECE
+    h, c = np.empty((L, m)), np.empty((L, m))
+    Ux, Hs, O = np.empty((P, G)), np.empty((P, m)), np.empty((P, K))
+    wz, z64 = np.empty(G), np.empty(max(G, K))
+    total, count = 0.0, 0
+    for r in range(len(runs)):
+        h[:] = 0.0
+        c[:] = 0.0
+        s = runs[r, 0]
+        while s < runs[r, 1] - 1:
+            n = min(P, runs[r, 1] - 1 - s)
+            for l in range(L):
+                if l == 0:
+                    for t in range(n):
+                        Ux[t] = UT1[data[s + t]]
+                else:  # the layer below's states of the piece, through U
+                    np.dot(Hs[:n], UTs[l - 1], Ux[:n])
+                for t in range(n):
+                    _matvec(wz, h[l], WTs[l])
+                    _cell_step(family, l, wz, Ux[t], bs[l], bhn[l], h, c, z64)
+                    Hs[t] = h[l]
+            np.dot(Hs[:n], VT, O[:n])
+            for t in range(n):
+                total += _nll(O[t], cb, data[s + t + 1], z64)[0]
+            count += n
+            s += n
+    return total, count
+
+
+def _packed(params: Params):
+    """(family code, the layers' arrays (U^T of layer 1, U^T of layers 2.., W^T, b, b_hn),
+    V^T, c) in float64, contiguous, for the one-stream kernels."""
+    spec, p = params.spec, _float64(params)
+    G, m, L = spec.cell.GATES * spec.m, spec.m, spec.layers
+    names = [spec.layer_names(layer) for layer in range(1, L + 1)]
+    t = lambda name: np.ascontiguousarray(p[name].T)  # noqa: E731
+    UTs = np.stack([t(n["U"]) for n in names[1:]]) if L > 1 else np.zeros((0, m, G))
+    WTs = np.stack([t(n["W"]) for n in names])
+    bs = np.stack([p[n["b"]] for n in names])
+    bhn = np.stack([p[n["bhn"]] for n in names]) if "bhn" in names[0] else np.zeros((L, m))
+    arrays = (t("U"), UTs, WTs, bs, bhn)
+    return FAMILY_CODES[spec.family], arrays, t("V"), np.ascontiguousarray(p["c"])
+
+
+def _hc(spec, state) -> tuple[np.ndarray, np.ndarray]:
+    """h and c (L, m) float64 copies of a one-stream state tuple ((L, 1, m) arrays, c for the
+    lstm only), or of an h alone."""
+    state = reference.as_state(spec, state)
+    h = np.ascontiguousarray(state[0][:, 0])
+    c = np.ascontiguousarray(state[1][:, 0]) if len(state) > 1 else np.zeros_like(h)
+    return h, c
+
+
+def _state(spec, h, c, like):
+    """The state in the form it was given: a tuple of (L, 1, m) arrays, or an h alone."""
+    if not isinstance(like, tuple):
+        return h[-1].copy()
+    return tuple(s[:, None, :].copy() for s in ((h, c) if spec.family == "lstm" else (h,)))
+
+
 # ---- the engine interface (see engines/__init__.py) -------------------------------------------
 def cached(spec) -> bool:
     """Whether numba's cache holds the kernels of this model (else the first call compiles them)."""
     folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent
-    kernels = [f"kernels._{spec.family}_forward", "kernels._softmax_loss"]
-    kernels += [f"{Path(__file__).stem}._train_block"] if _kernel(spec) else []
+    kernels = [f"kernels._{spec.family}_forward", "kernels._softmax_loss", "kernels._adam"]
+    kernels.append("fast._train_block" if _kernel(spec) else "fast._model_evaluate")
     return all(any(folder.glob(f"**/{name}-*.nbi")) for name in kernels)
 
 
@@ -428,10 +579,12 @@ WARM: set[tuple] = set()  # (dtype, family) whose kernels this process has compi
 
 def warm_up(dtype, spec) -> None:
     """Compile (or load from the cache) the kernels a run of this model calls, and only those:
-    training in its dtype, sampling and validation in float64, on a tiny model of its family
-    (two layers, two streams, dropout masks), so that the run's first block measures training
-    only."""
+    training in its dtype (a tiny model of its family: two layers, two streams, dropout masks,
+    every optimiser's step), sampling and validation in float64, so that the run's first block
+    measures training only."""
+    from charwise.engines.kernels import optimizer_step
     from charwise.models import ModelSpec
+    from charwise.optim import OPTIMIZERS, make_optimizer
 
     key = (str(dtype), spec.family)
     if key in WARM:
@@ -445,8 +598,11 @@ def warm_up(dtype, spec) -> None:
     tiny = Params.init(ModelSpec(spec.family, K=3, m=2, layers=min(spec.layers, 2)), seed=0)
     x, lengths = np.array([[0, 1], [1, 2]]), np.array([2, 1])
     masks = [np.ones((2, 2, 2))] * tiny.spec.layers
-    for dt in {np.dtype(dtype), np.dtype(np.float64)}:
-        loss_and_grads(tiny.astype(dt), x, x, tiny.spec.zero_state(2, dt), lengths, masks)
+    p = tiny.astype(np.dtype(dtype))
+    _, grads, _ = loss_and_grads(p, x, x, tiny.spec.zero_state(2, p.dtype), lengths, masks)
+    for name in OPTIMIZERS:  # their compiled steps
+        opt = make_optimizer(name, 0.01)
+        optimizer_step(opt, p, grads, opt.init_state(p), 1)
     params = Params.init(ModelSpec(spec.family, K=3, m=2, layers=spec.layers), seed=0)
     sample(params, params.spec.zero_state(), 0, 2, np.full(2, 0.5))
     advance(params, params.spec.zero_state(), data[:2])
@@ -474,12 +630,6 @@ def _h(state) -> np.ndarray:
 def _kernel(spec) -> bool:
     """Whether the exercise's kernels run this model (the one-layer rnn)."""
     return spec.family == "rnn" and spec.layers == 1
-
-
-def _cell(spec):
-    from charwise.engines.kernels import CELLS
-
-    return CELLS[spec.family]
 
 
 def _batch():
@@ -510,7 +660,10 @@ def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
 def advance(params: Params, h0, x):
     """The state after reading the characters x from h0 (an h alone in, an h alone out)."""
     if not _kernel(params.spec):
-        return reference.advance(_float64(params), h0, x, _cell(params.spec))
+        family, arrays, _, _ = _packed(params)
+        h, c = _hc(params.spec, h0)
+        _model_advance(family, h, c, arrays, _indices(x))
+        return _state(params.spec, h, c, h0)
     p = _float64(params)
     h = _advance(p.b, p.U, p.W, _h(h0), _indices(x))
     return (h.reshape(1, 1, -1),) if isinstance(h0, tuple) else h
@@ -518,25 +671,27 @@ def advance(params: Params, h0, x):
 
 def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1):
     """n indices drawn one at a time, each fed back; ends early after drawing `stop`."""
-    if not _kernel(params.spec):
-        cell = _cell(params.spec)
-        p = _float64(params)
-        return reference.sample(p, h0, x0, n, uniforms, temperature, top_p, stop, cell)
-    p = _float64(params)
     out = np.empty(n, dtype=np.int64)
     u = np.ascontiguousarray(uniforms[:n], dtype=np.float64)
-    args = (_h(h0), int(x0), u, float(temperature), float(top_p), int(stop), out)
-    done = _sample(*p.arrays(), *args)
+    args = (int(x0), u, float(temperature), float(top_p), int(stop), out)
+    if _kernel(params.spec):
+        done = _sample(*_float64(params).arrays(), _h(h0), *args)
+    else:
+        h, c = _hc(params.spec, h0)
+        family, arrays, VT, cb = _packed(params)
+        done = _model_sample(family, h, c, arrays, VT, cb, *args)
     return out[:done]
 
 
 def evaluate(params: Params, data, runs=None) -> tuple[float, int]:
     """reference.evaluate compiled: (sum of -log p, characters predicted) in float64."""
-    if not _kernel(params.spec):
-        return reference.evaluate(params, data, runs, _cell(params.spec))
-    p = _float64(params)
     runs = np.array([(0, len(data))] if runs is None else runs, dtype=np.int64).reshape(-1, 2)
-    total, count = _evaluate(*p.arrays(), np.ascontiguousarray(data), runs)
+    data = np.ascontiguousarray(data)
+    if _kernel(params.spec):
+        total, count = _evaluate(*_float64(params).arrays(), data, runs)
+    else:
+        family, arrays, VT, cb = _packed(params)
+        total, count = _model_evaluate(family, params.spec.layers, arrays, VT, cb, data, runs)
     return float(total), int(count)
 
 
@@ -545,9 +700,11 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
     rate, no dropout) in one compiled call, everything else with compiled cells."""
     exercise = optimizer.name == "adagrad" and optimizer.schedule is None and dropout is None
     if not (_kernel(state.spec) and exercise and np.shape(starts)[1] == 1):
-        return reference.run_block(
-            state, optimizer, data, starts, lengths, resets, losses, dropout, _batch()
-        )
+        from charwise.engines.kernels import loss_and_grads_batch, optimizer_step
+
+        step = functools.partial(optimizer_step, optimizer)
+        args = (data, starts, lengths, resets, losses, dropout, loss_and_grads_batch, step)
+        return reference.run_block(state, optimizer, *args)
     one = (np.asarray(a)[:, 0] for a in (starts, lengths, resets))
     return train_block(state, data, *one, optimizer.eta, optimizer.eps, optimizer.clip, losses)
 

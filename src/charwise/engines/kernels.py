@@ -344,3 +344,50 @@ def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=Non
         grads |= {names[e]: g for e, g in dextra.items()}
     ordered = {name: grads[name] for name in params.names()}
     return float(loss), Params._make(ordered, spec), _last_states(state0, states, lengths)
+
+
+# ---- the optimisers' steps (optim.py), compiled: one pass over each array ---------------------
+@jit
+def _clip(g, clip):
+    return clip if g > clip else -clip if g < -clip else g
+
+
+@jit
+def _adagrad(p, g, G, lr, eps, clip):
+    for i in range(p.size):
+        gi = _clip(g[i], clip)
+        G[i] = G[i] + gi * gi
+        p[i] = p[i] - lr * gi / math.sqrt(G[i] + eps)
+
+
+@jit
+def _rmsprop(p, g, v, lr, eps, clip, alpha):
+    for i in range(p.size):
+        gi = _clip(g[i], clip)
+        v[i] = alpha * v[i] + (1.0 - alpha) * gi * gi
+        p[i] = p[i] - lr * gi / (math.sqrt(v[i]) + eps)
+
+
+@jit
+def _adam(p, g, m, v, lr, eps, clip, beta1, beta2, t):
+    c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
+    for i in range(p.size):
+        gi = _clip(g[i], clip)
+        m[i] = beta1 * m[i] + (1.0 - beta1) * gi
+        v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        p[i] = p[i] - lr * (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
+
+
+def optimizer_step(optimizer, params: Params, grads: Params, state: dict, t: int) -> None:
+    """optimizer.step(params, grads, state, t), each array in one compiled pass (the same
+    formulas; the scalars in float64). Gradients are clipped as they are read, not in place."""
+    lr, eps, clip = optimizer.lr(t), optimizer.eps, optimizer.clip
+    for name, g in grads.items():
+        p = params[name].reshape(-1)
+        g, slot = g.reshape(-1), {s: state[s][name].reshape(-1) for s in optimizer.slots}
+        if optimizer.name == "adam":
+            _adam(p, g, slot["m"], slot["v"], lr, eps, clip, optimizer.beta1, optimizer.beta2, t)
+        elif optimizer.name == "rmsprop":
+            _rmsprop(p, g, slot["v"], lr, eps, clip, optimizer.alpha)
+        else:
+            _adagrad(p, g, slot["G"], lr, eps, clip)

@@ -269,17 +269,18 @@ class Dropout:
 
 
 def run_block(
-    state, optimizer, data, starts, lengths, resets, losses, dropout=None, batch=None
+    state, optimizer, data, starts, lengths, resets, losses, dropout=None, batch=None, step=None
 ) -> int:
     """Run len(starts) updates of the protocol (SPEC.md) on `state`; losses[k] gets each loss.
 
     Update k reads, for stream b, inputs data[s : s+n] and targets data[s+1 : s+n+1]
     (s = starts[k, b], n = lengths[k, b]) from its carried state, first zeroed when resets[k, b]
     is set. Stops early and returns the count done when a loss or gradient is not finite
-    (that update is not applied). batch: as for loss_and_grads.
+    (that update is not applied). batch: as for loss_and_grads; step: the optimiser's step
+    (default optimizer.step; the fast engine passes its own).
     """
     spec = state.spec
-    batch = batch or loss_and_grads_batch
+    batch, step = batch or loss_and_grads_batch, step or optimizer.step
     for k in range(len(starts)):
         for s in state.carry:
             s[:, resets[k]] = 0.0
@@ -298,7 +299,7 @@ def run_block(
             state.best_x0 = int(X[0, 0])
             state.best_update = state.updates + 1
             state.best_smooth = state.smooth_loss
-        optimizer.step(state.params, grads, state.opt, state.updates + 1)
+        step(state.params, grads, state.opt, state.updates + 1)
         for s, new in zip(state.carry, carry, strict=True):
             s[...] = new
         state.updates += 1
