@@ -10,8 +10,9 @@ step is exactly a no-op; U is held transposed during a block, so those columns a
 contiguous) with 1/sqrt by Newton steps, the best-model snapshot taken in
 the AdaGrad pass, and whole blocks of updates in one compiled call.
 
-Every other model (any family, layers, batch, dropout, optimiser, schedule, in float64) runs the
-reference's equations with each cell's time loop compiled (kernels.py).
+Every other model (any family, layers, batch, dropout, optimiser, schedule, float64 or float32)
+trains by kernels.py (the reference's equations, every time loop compiled), and samples, advances
+and validates by this file's one-stream kernels for every model (_model_*).
 
 Rounding: sums run in a fixed order (BLAS's for the four products, the same on every run
 on one machine) and multiply-adds may be fused (numerics.FASTMATH), so results differ from
@@ -28,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from charwise.engines import reference
+from charwise.engines.kernels import loss_and_grads_batch, optimizer_step
 from charwise.engines.numerics import (
     _exp_nonpositive,
+    _nll,
     _sigmoid,
     _tanh,
     jit,
@@ -83,27 +86,6 @@ def _all_finite(a) -> bool:
     for i in range(a.size):
         bad += not (abs(a[i]) < np.inf)
     return bad == 0
-
-
-@jit
-def _nll(o, c, y, z64):
-    """(-log p_y, sum of exp(o - max o)) for the logits o + c; o gets + c in place and
-    z64[:K] the exponentials, in float64. NaN or inf anywhere makes the loss NaN, as in the
-    reference."""
-    K = c.size
-    top = -np.inf
-    for k in range(K):
-        o[k] = o[k] + c[k]
-        if o[k] > top:
-            top = o[k]
-    for k in range(K):
-        z64[k] = o[k] - top
-    zy = z64[y]
-    _exp_nonpositive(z64[:K], z64[:K])
-    s = 0.0
-    for k in range(K):
-        s += z64[k]
-    return math.log(s) - zy, s
 
 
 # ---- one chunk: loss, gradients, last hidden state --------------------------------------------
@@ -307,12 +289,12 @@ def _train_block(
 # ---- sampling -------------------------------------------------------------------------------
 @jit
 def _probabilities(o, temperature, top_p, p):
-    """p = reference.probabilities(o, temperature, top_p), in float64."""
+    """p = reference.probabilities(o, temperature, top_p), in float64; returns p."""
     K = o.size
     if temperature == 0.0:
         p[:] = 0.0
         p[np.argmax(o)] = 1.0
-        return
+        return p
     top = -np.inf
     for k in range(K):
         p[k] = o[k] / temperature
@@ -336,6 +318,7 @@ def _probabilities(o, temperature, top_p, p):
                 break
         for i in range(keep + 1, K):
             p[order[i]] = 0.0
+    return p
 
 
 @jit
@@ -371,8 +354,7 @@ def _sample(b, c, U, W, V, h0, x0, uniforms, temperature, top_p, stop, out) -> i
         _matvec(wv, h, B)  # W h_t for the next step, and the logits V h_t
         for k in range(K):
             o[k] = wv[m + k] + c[k]
-        _probabilities(o, temperature, top_p, p)
-        x = _draw(p, uniforms[i])
+        x = _draw(_probabilities(o, temperature, top_p, p), uniforms[i])
         out[i] = x
         if x == stop:
             return i + 1
@@ -481,8 +463,7 @@ def _model_sample(family, h, c, arrays, VT, cb, x0, uniforms, temperature, top_p
         _matvec(o, h[-1], VT)
         for k in range(K):
             o[k] = o[k] + cb[k]
-        _probabilities(o, temperature, top_p, p)
-        x = _draw(p, uniforms[i])
+        x = _draw(_probabilities(o, temperature, top_p, p), uniforms[i])
         out[i] = x
         if x == stop:
             return i + 1
@@ -491,6 +472,7 @@ def _model_sample(family, h, c, arrays, VT, cb, x0, uniforms, temperature, top_p
 
 @jit
 def _model_advance(family, h, c, arrays, x):
+    """h and c (every layer's) after reading the characters x."""
     UT1, UTs, WTs, bs, bhn = arrays
     G = WTs.shape[2]
     wz, u, z64 = np.empty(G), np.empty(G), np.empty(G)
@@ -582,7 +564,6 @@ def warm_up(dtype, spec) -> None:
     training in its dtype (a tiny model of its family: two layers, two streams, dropout masks,
     every optimiser's step), sampling and validation in float64, so that the run's first block
     measures training only."""
-    from charwise.engines.kernels import optimizer_step
     from charwise.models import ModelSpec
     from charwise.optim import OPTIMIZERS, make_optimizer
 
@@ -625,17 +606,9 @@ def _h(state) -> np.ndarray:
     return np.ascontiguousarray(np.reshape(h, -1), dtype=np.float64)
 
 
-# Models beyond the exercise's kernels (any family, layers, batch, dropout, optimiser, in
-# float64): the reference's equations with the cells' time loops compiled (kernels.py).
 def _kernel(spec) -> bool:
     """Whether the exercise's kernels run this model (the one-layer rnn)."""
     return spec.family == "rnn" and spec.layers == 1
-
-
-def _batch():
-    from charwise.engines.kernels import loss_and_grads_batch
-
-    return loss_and_grads_batch
 
 
 def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
@@ -644,7 +617,7 @@ def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
     interface and results with compiled cells."""
     one = np.ndim(x) == 1 and lengths is None and masks is None
     if not (_kernel(params.spec) and one and h0 is not None):
-        return reference.loss_and_grads(params, x, y, h0, lengths, masks, _batch())
+        return reference.loss_and_grads(params, x, y, h0, lengths, masks, loss_and_grads_batch)
     x, y = _indices(x), _indices(y)
     b, c, U, W, V = params.arrays()
     arrays = (b, c, np.ascontiguousarray(U.T), W, V)
@@ -700,8 +673,6 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
     rate, no dropout) in one compiled call, everything else with compiled cells."""
     exercise = optimizer.name == "adagrad" and optimizer.schedule is None and dropout is None
     if not (_kernel(state.spec) and exercise and np.shape(starts)[1] == 1):
-        from charwise.engines.kernels import loss_and_grads_batch, optimizer_step
-
         step = functools.partial(optimizer_step, optimizer)
         args = (data, starts, lengths, resets, losses, dropout, loss_and_grads_batch, step)
         return reference.run_block(state, optimizer, *args)

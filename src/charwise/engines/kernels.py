@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from charwise.engines.numerics import _exp_nonpositive, _sigmoid, _tanh, jit
+from charwise.engines.numerics import _nll, _sigmoid, _tanh, jit
 from charwise.engines.reference import _last_states
 from charwise.params import Params
 
@@ -242,27 +242,16 @@ CELLS = {
 def _softmax_loss(O, c, y, real, scale):
     """Sum over the rows r with real[r] of -log softmax(O[r] + c)[y[r]], in float64; O becomes
     dL/do in place: (p - onehot(y)) * scale on real rows, 0 on the others."""
-    K = c.size
-    z = np.empty(K)
+    z = np.empty(c.size)
     total = 0.0
     for r in range(O.shape[0]):
         o = O[r]
         if not real[r]:
             o[:] = 0.0
             continue
-        top = -np.inf
-        for k in range(K):
-            z[k] = np.float64(o[k]) + c[k]
-            top = max(top, z[k])
-        zy = z[y[r]] - top
-        for k in range(K):
-            z[k] = z[k] - top
-        _exp_nonpositive(z, z)
-        s = 0.0
-        for k in range(K):
-            s += z[k]
-        total += math.log(s) - zy
-        for k in range(K):
+        nll, s = _nll(o, c, y[r], z)  # z: the exponentials
+        total += nll
+        for k in range(c.size):
             o[k] = z[k] / s * scale
         o[y[r]] = o[y[r]] - scale
     return total

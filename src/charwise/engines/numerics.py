@@ -116,3 +116,24 @@ def _sigmoid(a, out):
         e = _taylor(r, 13, 0) * POW2[j]
         s = 1.0 / (1.0 + e)
         out[i] = s if v >= 0.0 else e * s if v < 0.0 else v
+
+
+@jit
+def _nll(o, c, y, z64):
+    """(-log p_y, sum of exp(o - max o)) for the logits o + c; o gets + c in place and
+    z64[:K] the exponentials, in float64. NaN or inf anywhere makes the loss NaN, as in the
+    reference."""
+    K = c.size
+    top = -np.inf
+    for k in range(K):
+        o[k] = o[k] + c[k]
+        if o[k] > top:
+            top = o[k]
+    for k in range(K):
+        z64[k] = o[k] - top
+    zy = z64[y]
+    _exp_nonpositive(z64[:K], z64[:K])
+    s = 0.0
+    for k in range(K):
+        s += z64[k]
+    return math.log(s) - zy, s
