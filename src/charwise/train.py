@@ -32,9 +32,9 @@ from charwise.vocab import Vocab
 BLOCK_MAX = 1000  # most updates per engine call, so Ctrl-C and timed checkpoints stay prompt
 FIRST_BLOCK = 10  # updates of a run's first block, before its speed is known ...
 BLOCK_SECONDS = 1.0  # ... then blocks of about this long (and at most BLOCK_MAX updates)
-# first-start compile time of a family's kernels, float64 and float32 (measured: 5 to 9 s on a
-# 2-core 2.6 GHz machine; loaded from numba's cache later, in about 0.1 s)
-COMPILE_SECONDS = 10
+# first-start compile time of a family's kernels (measured on a 2-core 2.6 GHz machine: a first
+# `charwise train` takes 14 to 18 s, a cached one 1.3 s)
+COMPILE_SECONDS = 15
 DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x tau ln K (a uniform guess)
 
 
