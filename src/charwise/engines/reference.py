@@ -38,14 +38,13 @@ def log_softmax(O: np.ndarray) -> np.ndarray:
     return Z - np.log(np.exp(Z).sum(axis=-1, keepdims=True))
 
 
-def forward(params: Params, X: np.ndarray, state0: tuple, masks=None, cell=None):
+def forward(params: Params, X: np.ndarray, state0: tuple, masks=None):
     """Logits O (T*B, K), the states of every layer and step, and what backward needs.
 
     masks: dropout masks (B, T, m) for the inputs of layers 2..L and for h^L, or None.
-    cell: the cell's time loops (default: the model module's; the fast engine's are compiled).
     """
     spec = params.spec
-    cell = cell or spec.cell
+    cell = spec.cell
     T, B = X.shape
     caches, inputs, states = [], [], []
     below = None  # the input of the next layer, (T, B, m)
@@ -77,13 +76,13 @@ def _chunk_losses(logP: np.ndarray, Y: np.ndarray, lengths) -> list[float]:
     return [float(-lp[: lengths[b], b].sum()) for b in range(B)]
 
 
-def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None, cell=None):
+def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None):
     """Loss (mean over streams of each stream's sum), gradients (Params) and the carried state
     after each stream's last real step, by full back-propagation through time."""
     spec = params.spec
-    cell = cell or spec.cell
+    cell = spec.cell
     T, B = X.shape
-    O, states, (caches, inputs, top) = forward(params, X, state0, masks, cell)
+    O, states, (caches, inputs, top) = forward(params, X, state0, masks)
     logP = log_softmax(O)
     loss = math.fsum(_chunk_losses(logP, Y, lengths)) / B
 
@@ -159,20 +158,20 @@ def loss(params: Params, x, y, h0) -> float:
     return float(-log_softmax(O)[np.arange(len(X)), np.asarray(y)].sum())
 
 
-def _run(params: Params, x, state: tuple, cell=None) -> tuple:
+def _run(params: Params, x, state: tuple) -> tuple:
     """The state after reading the indices x (one stream) from state, and the logits."""
-    O, states, _ = forward(params, np.asarray(x).reshape(-1, 1), state, cell=cell)
+    O, states, _ = forward(params, np.asarray(x).reshape(-1, 1), state)
     last = (np.stack([s[-1] for s in layer], axis=0) for layer in zip(*states, strict=True))
     return tuple(last), O
 
 
-def advance(params: Params, h0, x, cell=None):
+def advance(params: Params, h0, x):
     """The state after reading the characters x from h0: a state tuple for a tuple, an h
     alone for an h alone."""
     state = as_state(params.spec, h0)
     if not len(x):
         return state if isinstance(h0, tuple) else np.array(h0, dtype=np.float64)
-    last, _ = _run(params, x, state, cell)
+    last, _ = _run(params, x, state)
     return last if isinstance(h0, tuple) else last[0][-1, 0].copy()
 
 
@@ -202,16 +201,14 @@ def draw(p: np.ndarray, u: float) -> int:
     return int(np.searchsorted(cs, u * cs[-1], side="right"))
 
 
-def sample(
-    params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1, cell=None
-):
+def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1):
     """n indices drawn one at a time, each fed back; ends early after drawing `stop`.
 
     h0: the starting state (a tuple of (L, 1, m) arrays, or an h alone)."""
     state, x = as_state(params.spec, h0), int(x0)
     out = []
     for i in range(n):
-        state, O = _run(params, [x], state, cell)
+        state, O = _run(params, [x], state)
         x = draw(probabilities(O[0], temperature, top_p), uniforms[i])
         out.append(x)
         if x == stop:
@@ -219,7 +216,7 @@ def sample(
     return np.array(out, dtype=np.int64)
 
 
-def evaluate(params: Params, data: np.ndarray, runs=None, cell=None) -> tuple[float, int]:
+def evaluate(params: Params, data: np.ndarray, runs=None) -> tuple[float, int]:
     """(sum of -log p over the predicted characters, their count), in float64, for the runs
     data[a:b] (default: all of data), each read once from a zero state with the state carried
     (a held-out text, or each held-out document)."""
@@ -232,7 +229,7 @@ def evaluate(params: Params, data: np.ndarray, runs=None, cell=None) -> tuple[fl
             e = min(s + EVAL_PIECE, b - 1)
             x = np.asarray(data[s:e], dtype=np.int64)
             y = np.asarray(data[s + 1 : e + 1], dtype=np.int64)
-            state, O = _run(params, x, state, cell)
+            state, O = _run(params, x, state)
             sums.append(-log_softmax(O)[np.arange(len(y)), y].sum())
             count += len(y)
     return math.fsum(sums), count
