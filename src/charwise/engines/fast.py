@@ -198,7 +198,7 @@ def _workspace(params, n):
         np.empty((n + 1, m), dt),
     )
     grads = (np.empty(m, dt), np.empty(K, dt), np.zeros((K, m), dt), np.empty((m, m), dt))
-    return ws, np.empty(max(m, K)), grads + (np.empty((K, m), dt),)
+    return ws, np.empty(max(m, 2 * K)), grads + (np.empty((K, m), dt),)
 
 
 # Compiled eagerly for its signature: compiled on demand from a fastmath caller, numba would
@@ -289,7 +289,8 @@ def _train_block(
 # ---- sampling -------------------------------------------------------------------------------
 @jit
 def _probabilities(o, temperature, top_p, p):
-    """p = reference.probabilities(o, temperature, top_p), in float64; returns p."""
+    """p = reference.probabilities(o, temperature, top_p), in float64; returns p (o is
+    overwritten)."""
     K = o.size
     if temperature == 0.0:
         p[:] = 0.0
@@ -297,12 +298,12 @@ def _probabilities(o, temperature, top_p, p):
         return p
     top = -np.inf
     for k in range(K):
-        p[k] = o[k] / temperature
-        if p[k] > top:
-            top = p[k]
+        o[k] = o[k] / temperature
+        if o[k] > top:
+            top = o[k]
     for k in range(K):
-        p[k] = p[k] - top
-    _exp_nonpositive(p, p)
+        o[k] = o[k] - top
+    _exp_nonpositive(o, p)
     s = 0.0
     for k in range(K):
         s += p[k]
@@ -385,7 +386,7 @@ def _evaluate(b, c, U, W, V, data, runs):
     WT, VT = np.empty((m, m)), np.empty((m, K))
     _transpose(W, WT)
     _transpose(V, VT)
-    h, a, o, z64 = np.empty(m), np.empty(m), np.empty(K), np.empty(max(m, K))
+    h, a, o, z64 = np.empty(m), np.empty(m), np.empty(K), np.empty(max(m, 2 * K))
     total, count = 0.0, 0
     for r in range(len(runs)):
         h[:] = 0.0
@@ -417,24 +418,24 @@ def _cell_step(family, l, wz, u, b, bhn, h, c, z64):
     elif family == 1:  # lstm: i, f, g, o from W h + U u + b
         for j in range(4 * m):
             wz[j] = (wz[j] + u[j]) + b[j]
-        _sigmoid(wz[: 2 * m], wz[: 2 * m])
-        _tanh(wz[2 * m : 3 * m], wz[2 * m : 3 * m])
-        _sigmoid(wz[3 * m :], wz[3 * m :])
+        _sigmoid(wz[: 2 * m], z64[: 2 * m])
+        _tanh(wz[2 * m : 3 * m], z64[2 * m : 3 * m])
+        _sigmoid(wz[3 * m : 4 * m], z64[3 * m : 4 * m])
         for j in range(m):
-            cl[j] = wz[m + j] * cl[j] + wz[j] * wz[2 * m + j]
-        _tanh(cl, z64[:m])
+            cl[j] = z64[m + j] * cl[j] + z64[j] * z64[2 * m + j]
+        _tanh(cl, u[:m])
         for j in range(m):
-            hl[j] = wz[3 * m + j] * z64[j]
+            hl[j] = z64[3 * m + j] * u[j]
     else:  # gru: r, z from (U u + b) + W h; n = tanh(U_n u + b_n + r (W_n h + b_hn))
         for j in range(2 * m):
             wz[j] = (u[j] + b[j]) + wz[j]
-        _sigmoid(wz[: 2 * m], wz[: 2 * m])
+        _sigmoid(wz[: 2 * m], z64[: 2 * m])
         for j in range(m):
-            z64[j] = (u[2 * m + j] + b[2 * m + j]) + wz[j] * (wz[2 * m + j] + bhn[j])
-        _tanh(z64[:m], z64[:m])
+            wz[2 * m + j] = (u[2 * m + j] + b[2 * m + j]) + z64[j] * (wz[2 * m + j] + bhn[j])
+        _tanh(wz[2 * m : 3 * m], u[:m])
         for j in range(m):
-            z = wz[m + j]
-            hl[j] = (1.0 - z) * z64[j] + z * hl[j]
+            z = z64[m + j]
+            hl[j] = (1.0 - z) * u[j] + z * hl[j]
 
 
 @jit
@@ -490,7 +491,7 @@ def _model_evaluate(family, L, arrays, VT, cb, data, runs):
     m, G, K, P = WTs.shape[1], WTs.shape[2], cb.size, EVAL_PIECE
     h, c = np.empty((L, m)), np.empty((L, m))
     Ux, Hs, O = np.empty((P, G)), np.empty((P, m)), np.empty((P, K))
-    wz, z64 = np.empty(G), np.empty(max(G, K))
+    wz, z64 = np.empty(G), np.empty(max(G, 2 * K))
     total, count = 0.0, 0
     for r in range(len(runs)):
         h[:] = 0.0

@@ -242,7 +242,7 @@ CELLS = {
 def _softmax_loss(O, c, y, real, scale):
     """Sum over the rows r with real[r] of -log softmax(O[r] + c)[y[r]], in float64; O becomes
     dL/do in place: (p - onehot(y)) * scale on real rows, 0 on the others."""
-    z = np.empty(c.size)
+    z = np.empty(2 * c.size)
     total = 0.0
     for r in range(O.shape[0]):
         o = O[r]

@@ -120,19 +120,25 @@ def _sigmoid(a, out):
 
 @jit
 def _nll(o, c, y, z64):
-    """(-log p_y, sum of exp(o - max o)) for the logits o + c; o gets + c in place and
-    z64[:K] the exponentials, in float64. NaN or inf anywhere makes the loss NaN, as in the
-    reference."""
+    """(-log p_y, sum of exp(o - max o)) for the logits o + c; o gets + c in place, z64[:K]
+    the exponentials, in float64, and z64[K:2K] is scratch. NaN or inf anywhere makes the
+    loss NaN, as in the reference.
+
+    The elementwise functions here are always given an output apart from their input: when
+    both are one array, LLVM's run-time overlap check fails and the scalar loop runs (3x
+    slower for this exp).
+    """
     K = c.size
     top = -np.inf
     for k in range(K):
         o[k] = o[k] + c[k]
         if o[k] > top:
             top = o[k]
+    z = z64[K : 2 * K]
     for k in range(K):
-        z64[k] = o[k] - top
-    zy = z64[y]
-    _exp_nonpositive(z64[:K], z64[:K])
+        z[k] = o[k] - top
+    zy = z[y]
+    _exp_nonpositive(z, z64[:K])
     s = 0.0
     for k in range(K):
         s += z64[k]
