@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from charwise.corpus import Corpus, load_corpus
-from charwise.engines import get_engine, reference, why_not
+from charwise.engines import fast, get_engine, kernels, reference, why_not
 from charwise.models import ModelSpec
-from charwise.optim import make_optimizer
+from charwise.optim import LRSchedule, make_optimizer
 from charwise.params import Params
 from charwise.schedule import Streams
 from charwise.state import TrainState
@@ -113,6 +113,92 @@ def test_updates_each_from_the_reference_state(engine, family, layers, batch, op
         assert abs(losses[0] - ref_losses[0]) <= REL * ref_losses[0]
         assert_close(state, ref_state)
         state = ref_state  # re-seeded from the reference: differences never accumulate
+
+
+def documents(tmp_path, n: int = 120):
+    """A corpus of n short documents (one per line): streams of chunks of several lengths."""
+    rng = np.random.default_rng(5)
+    lines = [english_like(int(rng.integers(5, 60)), seed=i).replace("\n", " ") for i in range(n)]
+    path = tmp_path / "docs.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return load_corpus(path, format="lines")
+
+
+BLOCKS = [("lstm", 2, 3, "adam", 0.3), ("gru", 2, 3, "rmsprop", 0.0), ("rnn", 1, 2, "adagrad", 0.2)]
+
+
+@pytest.mark.parametrize("family, layers, batch, optimizer, dropout", BLOCKS)
+def test_fast_block_in_one_call_is_its_updates_one_at_a_time(
+    family, layers, batch, optimizer, dropout, tmp_path, monkeypatch
+):
+    """The fast engine runs a block of updates in one compiled call (with dropout, in parts whose
+    draws are taken at once: here at most 5 updates a part); bit for bit the same as one update
+    per call, the dropout generator left where the reference leaves it, and the reference's
+    results to REL, on documents (chunks of several lengths, states reset at each document)
+    with a cosine schedule."""
+    corpus = documents(tmp_path)
+    tau, n, m = 8, 12, 6
+    monkeypatch.setattr(kernels, "MASK_BYTES", 5 * 8 * layers * batch * tau * m)
+    state = random_state(family, layers, batch, optimizer, len(corpus.vocab), m)
+    opt = make_optimizer(optimizer, 0.01)
+    opt.schedule = LRSchedule("cosine", 3, 0.1, 15)
+    starts, lengths, resets = Streams(corpus, tau, batch).block(state.updates, n)
+    assert len(set(lengths.ravel())) > 2 and resets.any()  # the documents' shapes are there
+    whole, one, ref = (copy.deepcopy(state) for _ in range(3))
+    drops = [
+        reference.Dropout(dropout, tau, np.random.default_rng(7)) if dropout else None
+        for _ in range(3)
+    ]
+    losses = np.empty((3, n))
+    data = corpus.data
+    assert fast.run_block(whole, opt, data, starts, lengths, resets, losses[0], drops[0]) == n
+    for k in range(n):
+        block = (starts[k : k + 1], lengths[k : k + 1], resets[k : k + 1])
+        assert fast.run_block(one, opt, data, *block, losses[1, k : k + 1], drops[1]) == 1
+    assert reference.run_block(ref, opt, data, starts, lengths, resets, losses[2], drops[2]) == n
+    for name, a in whole.arrays().items():
+        assert np.array_equal(a, one.arrays()[name]), name
+    assert np.array_equal(losses[0], losses[1])
+    scalars = ("updates", "smooth_loss", "best_smooth", "best_update", "best_x0")
+    assert [getattr(whole, s) for s in scalars] == [getattr(one, s) for s in scalars]
+    assert_close(whole, ref)
+    assert rel(losses[0], losses[2]) <= REL and whole.best_x0 == ref.best_x0
+    if dropout:
+        assert drops[0].state() == drops[1].state() == drops[2].state()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fast_block_stops_where_the_reference_stops(dropout, tmp_path, monkeypatch):
+    """A NaN in the input weights of one character: the first update that reads it is not
+    applied by either engine, the count done is the same, and the dropout generator ends where
+    the reference's does (the draws of the updates done and of the failed one), also when the
+    failure falls inside the second part of a block."""
+    corpus = documents(tmp_path)
+    tau, n, batch = 8, 12, 2
+    monkeypatch.setattr(kernels, "MASK_BYTES", 4 * 8 * 2 * batch * tau * 6)
+    state = random_state("lstm", 2, batch, "adam", len(corpus.vocab))
+    starts, lengths, resets = Streams(corpus, tau, batch).block(state.updates, n)
+    read = [  # the characters each update reads
+        set().union(*(corpus.data[s : s + q].tolist() for s, q in zip(ss, qs, strict=True)))
+        for ss, qs in zip(starts, lengths, strict=True)
+    ]
+    first = {ch: next(k for k, r in enumerate(read) if ch in r) for ch in set().union(*read)}
+    ch, stop = max(first.items(), key=lambda item: item[1])
+    assert 4 < stop < n  # in the second part of the block
+    state.params["U"][:, ch] = np.nan
+    opt = make_optimizer("adam", 0.01)
+    done, drops = [], []
+    for engine in (fast, reference):
+        s = copy.deepcopy(state)
+        drops.append(reference.Dropout(dropout, tau, np.random.default_rng(3)) if dropout else None)
+        losses = np.empty(n)
+        done.append(
+            engine.run_block(s, opt, corpus.data, starts, lengths, resets, losses, drops[-1])
+        )
+        assert s.updates == state.updates + stop and np.isnan(losses[stop])
+    assert done == [stop, stop]
+    if dropout:
+        assert drops[0].state() == drops[1].state()
 
 
 @pytest.mark.parametrize("engine, family, layers, batch, optimizer, dropout", PAIRS)

@@ -22,18 +22,17 @@ detected exactly as by the reference.
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 
 import numpy as np
 
-from charwise.engines import reference
-from charwise.engines.kernels import loss_and_grads_batch, optimizer_step
+from charwise.engines import kernels, reference
 from charwise.engines.numerics import (
     _exp_nonpositive,
     _nll,
     _sigmoid,
+    _smooth,
     _tanh,
     jit,
     numba,  # set up there: its cache folder is chosen before its import
@@ -199,14 +198,6 @@ def _workspace(params, n):
     )
     grads = (np.empty(m, dt), np.empty(K, dt), np.zeros((K, m), dt), np.empty((m, m), dt))
     return ws, np.empty(max(m, 2 * K)), grads + (np.empty((K, m), dt),)
-
-
-# Compiled eagerly for its signature: compiled on demand from a fastmath caller, numba would
-# give it the caller's "contract" flag, and the multiply-add would be fused on FMA machines.
-@numba.njit("float64(float64, float64)", cache=True, error_model="numpy")
-def _smooth(smooth: float, loss: float) -> float:
-    """The smooth loss of SPEC.md, as the exact float64 expression (no fused multiply-add)."""
-    return 0.999 * smooth + 0.001 * loss
 
 
 @jit
@@ -552,9 +543,9 @@ def _state(spec, h, c, like):
 def cached(spec) -> bool:
     """Whether numba's cache holds the kernels of this model (else the first call compiles them)."""
     folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent
-    kernels = [f"kernels._{spec.family}_forward", "kernels._softmax_loss", "kernels._adam"]
-    kernels.append("fast._train_block" if _kernel(spec) else "fast._model_evaluate")
-    return all(any(folder.glob(f"**/{name}-*.nbi")) for name in kernels)
+    names = [f"kernels.{spec.family}_block"]
+    names.append("fast._train_block" if _kernel(spec) else "fast._model_evaluate")
+    return all(any(folder.glob(f"**/{name}-*.nbi")) for name in names)
 
 
 WARM: set[tuple] = set()  # (dtype, family) whose kernels this process has compiled or loaded
@@ -562,11 +553,11 @@ WARM: set[tuple] = set()  # (dtype, family) whose kernels this process has compi
 
 def warm_up(dtype, spec) -> None:
     """Compile (or load from the cache) the kernels a run of this model calls, and only those:
-    training in its dtype (a tiny model of its family: two layers, two streams, dropout masks,
-    every optimiser's step), sampling and validation in float64, so that the run's first block
-    measures training only."""
+    training in its dtype (a block of a tiny model of its family: two streams, dropout, Adam;
+    one compiled block serves every optimiser and layer count), sampling and validation in
+    float64, so that the run's first block measures training only."""
     from charwise.models import ModelSpec
-    from charwise.optim import OPTIMIZERS, make_optimizer
+    from charwise.optim import make_optimizer
 
     key = (str(dtype), spec.family)
     if key in WARM:
@@ -577,14 +568,12 @@ def warm_up(dtype, spec) -> None:
         state = TrainState.fresh(params)
         one = np.zeros(1, dtype=np.int64)
         train_block(state, data, one, one + 2, np.ones(1, bool), 0.1, 1e-8, 5.0, np.empty(1))
-    tiny = Params.init(ModelSpec(spec.family, K=3, m=2, layers=min(spec.layers, 2)), seed=0)
-    x, lengths = np.array([[0, 1], [1, 2]]), np.array([2, 1])
-    masks = [np.ones((2, 2, 2))] * tiny.spec.layers
-    p = tiny.astype(np.dtype(dtype))
-    _, grads, _ = loss_and_grads(p, x, x, tiny.spec.zero_state(2, p.dtype), lengths, masks)
-    for name in OPTIMIZERS:  # their compiled steps
-        opt = make_optimizer(name, 0.01)
-        optimizer_step(opt, p, grads, opt.init_state(p), 1)
+    tiny = Params.init(ModelSpec(spec.family, K=3, m=2, layers=2), seed=0).astype(dtype)
+    adam = make_optimizer("adam", 0.01)
+    state = TrainState.fresh(tiny, batch=2, opt=adam.init_state(tiny))
+    starts, lengths = np.array([[0, 1]]), np.array([[2, 1]])
+    dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
+    run_block(state, adam, data, starts, lengths, np.ones((1, 2), bool), np.empty(1), dropout)
     params = Params.init(ModelSpec(spec.family, K=3, m=2, layers=spec.layers), seed=0)
     sample(params, params.spec.zero_state(), 0, 2, np.full(2, 0.5))
     advance(params, params.spec.zero_state(), data[:2])
@@ -618,7 +607,8 @@ def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
     interface and results with compiled cells."""
     one = np.ndim(x) == 1 and lengths is None and masks is None
     if not (_kernel(params.spec) and one and h0 is not None):
-        return reference.loss_and_grads(params, x, y, h0, lengths, masks, loss_and_grads_batch)
+        batch = kernels.loss_and_grads_batch
+        return reference.loss_and_grads(params, x, y, h0, lengths, masks, batch)
     x, y = _indices(x), _indices(y)
     b, c, U, W, V = params.arrays()
     arrays = (b, c, np.ascontiguousarray(U.T), W, V)
@@ -674,9 +664,7 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
     rate, no dropout) in one compiled call, everything else with compiled cells."""
     exercise = optimizer.name == "adagrad" and optimizer.schedule is None and dropout is None
     if not (_kernel(state.spec) and exercise and np.shape(starts)[1] == 1):
-        step = functools.partial(optimizer_step, optimizer)
-        args = (data, starts, lengths, resets, losses, dropout, loss_and_grads_batch, step)
-        return reference.run_block(state, optimizer, *args)
+        return kernels.run_block(state, optimizer, data, starts, lengths, resets, losses, dropout)
     one = (np.asarray(a)[:, 0] for a in (starts, lengths, resets))
     return train_block(state, data, *one, optimizer.eta, optimizer.eps, optimizer.clip, losses)
 

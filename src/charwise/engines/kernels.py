@@ -1,16 +1,19 @@
 """The fast engine's models beyond the exercise (any family, layers, batch, dropout, optimiser,
 float64 or float32): the reference's equations (engines/reference.py, models/*.py) in the
-parameters' dtype, with every time loop compiled.
+parameters' dtype, a whole block of updates in one compiled call (run_block).
 
-Each cell object here has the interface of its model module (forward, backward, GATES, STATE,
-EXTRA). Per step, the recurrent product of all streams is one BLAS call (np.dot, row-major
-(B, m) states) and the gates are computed by a vectorisable sigmoid and tanh
-(engines/numerics.py: no libm call per entry, float64 inside whatever the dtype); the LSTM
-keeps tanh(c_t) from its forward pass for the backward one. Around the cells,
-loss_and_grads_batch does what reference.loss_and_grads_batch does, with products over all
-steps at once (dL/dh^L_t for every t is one product), softmax and loss in one compiled pass
-(float64 inside), and the input weights' gradient gathered by a compiled loop (numpy's
-np.add.at is ten times slower).
+Each family's cell is a pair of compiled functions with one interface (cell_forward and
+cell_backward, chosen while compiling from the family's code): numba compiles the update and the
+block once per family and dtype, only for the family in use, and caches each. Per step, the
+recurrent product of all streams is one BLAS call (np.dot, row-major (B, m) states) and the
+gates are computed by a vectorisable sigmoid and tanh (engines/numerics.py: no libm call per
+entry, float64 inside whatever the dtype); the LSTM keeps tanh(c_t) from its forward pass for
+the backward one. Around the cells, _loss_and_grads does what reference.loss_and_grads_batch
+does, with products over all steps at once (dL/dh^L_t for every t is one product), softmax and
+loss in one pass (float64 inside), and the input weights' gradient gathered by a loop (numpy's
+np.add.at is ten times slower). _block is the loop of reference.run_block around it: chunks,
+resets, dropout masks from draws taken before the call, the finite check, the smooth loss and
+best snapshot, and each optimiser's step.
 
 Rounding: the reference's sums in other orders (BLAS), fused multiply-adds (numerics.FASTMATH)
 and the exp and tanh of numerics (a few ulp): float64 results equal the reference's to ~1e-13.
@@ -21,19 +24,25 @@ in float64 before being rounded.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 
-from charwise.engines.numerics import _nll, _sigmoid, _tanh, jit
-from charwise.engines.reference import _last_states
+from charwise.engines.numerics import _nll, _sigmoid, _smooth, _tanh, jit, numba
 from charwise.params import Params
 
 
 @jit
-def _rnn_forward(Ux, W, b, h0):
+def _copy(dst, src):
+    """dst[...] = src for 2-d arrays of one shape, any layout: a loop (numpy's broadcasting
+    assignment compiles its error path, string formatting and all, at every use: seconds)."""
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] = src[i, j]
+
+
+@jit
+def _rnn_forward(Ux, W, b, h0, H):
     T, B, m = Ux.shape
-    H = np.empty((T, B, m), Ux.dtype)
     a = np.empty((B, m), Ux.dtype)
     h = h0.copy()
     for t in range(T):
@@ -42,31 +51,25 @@ def _rnn_forward(Ux, W, b, h0):
             for j in range(m):
                 a[k, j] = (a[k, j] + Ux[t, k, j]) + b[j]
             _tanh(a[k], h[k])
-        H[t] = h
-    return H
+        _copy(H[t], h)
 
 
 @jit
-def _rnn_backward(dH, H, W):
+def _rnn_backward(dH, H, W, dA):
     T, B, m = H.shape
-    dA = np.empty((T, B, m), H.dtype)
     dnext = np.zeros((B, m), H.dtype)
     for t in range(T - 1, -1, -1):
         for k in range(B):
             for j in range(m):
                 dA[t, k, j] = (dH[t, k, j] + dnext[k, j]) * (1.0 - H[t, k, j] ** 2)
         np.dot(dA[t], W, dnext)
-    return dA
 
 
 @jit
-def _lstm_forward(Ux, W, b, h0, c0):
+def _lstm_forward(Ux, W, b, h0, c0, H, C, TC, gates):
+    """TC: tanh(c_t), kept for the backward pass."""
     T, B, m4 = Ux.shape
     m = m4 // 4
-    H = np.empty((T, B, m), Ux.dtype)
-    C = np.empty((T, B, m), Ux.dtype)
-    TC = np.empty((T, B, m), Ux.dtype)  # tanh(c_t), kept for the backward pass
-    gates = np.empty((T, B, m4), Ux.dtype)
     z = np.empty((B, m4), Ux.dtype)
     h, c = h0.copy(), c0.copy()
     for t in range(T):
@@ -83,14 +86,13 @@ def _lstm_forward(Ux, W, b, h0, c0):
             _tanh(c[k], TC[t, k])
             for j in range(m):
                 h[k, j] = gk[3 * m + j] * TC[t, k, j]
-        H[t], C[t] = h, c
-    return H, C, TC, gates
+        _copy(H[t], h)
+        _copy(C[t], c)
 
 
 @jit
-def _lstm_backward(dH, H, C, TC, gates, c0, W):
+def _lstm_backward(dH, H, C, TC, gates, c0, W, dZ):
     T, B, m = H.shape
-    dZ = np.empty((T, B, 4 * m), H.dtype)
     dh_next = np.zeros((B, m), H.dtype)
     dc_next = np.zeros((B, m), H.dtype)
     for t in range(T - 1, -1, -1):
@@ -108,16 +110,13 @@ def _lstm_backward(dH, H, C, TC, gates, c0, W):
                 dz[3 * m + j] = dh * tc * o * (1.0 - o)
                 dc_next[k, j] = dc * f
         np.dot(dZ[t], W, dh_next)
-    return dZ
 
 
 @jit
-def _gru_forward(Ux, W, b, bhn, h0):
+def _gru_forward(Ux, W, b, bhn, h0, H, gates, Hn):
+    """gates: r, z, n after their nonlinearity; Hn: W_n h_{t-1} + b_hn."""
     T, B, m3 = Ux.shape
     m = m3 // 3
-    H = np.empty((T, B, m), Ux.dtype)
-    gates = np.empty((T, B, m3), Ux.dtype)  # r, z, n after their nonlinearity
-    Hn = np.empty((T, B, m), Ux.dtype)  # W_n h_{t-1} + b_hn
     wh = np.empty((B, m3), Ux.dtype)
     a = np.empty(m, Ux.dtype)
     h = h0.copy()
@@ -135,15 +134,12 @@ def _gru_forward(Ux, W, b, bhn, h0):
             for j in range(m):
                 z, n = gk[m + j], gk[2 * m + j]
                 h[k, j] = (1.0 - z) * n + z * h[k, j]
-        H[t] = h
-    return H, gates, Hn
+        _copy(H[t], h)
 
 
 @jit
-def _gru_backward(dH, H, gates, Hn, h0, W):
+def _gru_backward(dH, H, gates, Hn, h0, W, dX, dWh):
     T, B, m = H.shape
-    dX = np.empty((T, B, 3 * m), H.dtype)
-    dWh = np.empty((T, B, 3 * m), H.dtype)
     dh_next = np.zeros((B, m), H.dtype)
     dh_all = np.empty((B, m), H.dtype)
     for t in range(T - 1, -1, -1):
@@ -165,76 +161,66 @@ def _gru_backward(dH, H, gates, Hn, h0, W):
         for k in range(B):
             for j in range(m):
                 dh_next[k, j] = dh_all[k, j] + dh_next[k, j]
-    return dX, dWh
 
 
-def _c(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a)
+# ---- each family's cell behind one interface, for the compiled update below --------------------
+FAMILIES = ("rnn", "lstm", "gru")  # a family's code: its index here
 
 
-@jit
-def _dot(a, b):
-    """a @ b by the BLAS that numba's np.dot calls (SciPy's): every product of a training step
-    goes to that one library, whose threads would otherwise contend with numpy's."""
-    return np.dot(a, b)
+def cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3):
+    """Family FAMILIES[family]'s forward pass (compiled code only): writes the hidden states H
+    and what backward needs, S1, S2, S3 (_workspace gives their widths; the lstm's S1 is c)."""
+    raise NotImplementedError
 
 
-def _weight_grads(dZ: np.ndarray, H: np.ndarray, h0: np.ndarray):
-    """dW = sum_t dZ_t^T h_{t-1} and db = sum_t dZ_t, over all steps and streams."""
-    T, B, m = H.shape
-    H_prev = np.concatenate([h0[None], H])[:T].reshape(T * B, m)
-    flat = dZ.reshape(T * B, dZ.shape[2])
-    return _dot(flat.T, H_prev), flat.sum(axis=0)
+def cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
+    """Family FAMILIES[family]'s backward pass (compiled code only): writes dU = dL/d(U u_t + b)
+    and, for the gru only, dZ = dL/dz_t, whose product with h_{t-1} is dW; returns the two
+    (dU twice but for the gru)."""
+    raise NotImplementedError
 
 
-def _rnn_fwd(Ux, W, b, extra, state0):
-    h0 = _c(state0[0])
-    H = _rnn_forward(_c(Ux), _c(W), b, h0)
-    return (H,), (H, h0)
+# Chosen while compiling, from the family's literal code: a caller compiled for one family holds
+# that family's cell alone, and numba caches it under that code.
+@numba.extending.overload(cell_forward, prefer_literal=True)
+def _cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3):
+    if not isinstance(family, numba.types.IntegerLiteral):
+        return None
+    if family.literal_value == 0:
+        return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3: _rnn_forward(Ux, W, b, h0, H)
+    if family.literal_value == 1:
+        return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3: _lstm_forward(
+            Ux, W, b, h0, c0, H, S1, S2, S3
+        )
+    return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3: _gru_forward(
+        Ux, W, b, bhn, h0, H, S1, S2
+    )
 
 
-def _rnn_bwd(dH, cache, W, extra):
-    H, h0 = cache
-    dA = _rnn_backward(_c(dH), H, _c(W))
-    return (dA, *_weight_grads(dA, H, h0), {})
+@numba.extending.overload(cell_backward, prefer_literal=True)
+def _cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
+    if not isinstance(family, numba.types.IntegerLiteral):
+        return None
+    if family.literal_value == 0:
 
+        def rnn(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
+            _rnn_backward(dH, H, W, dU)
+            return dU, dU
 
-def _lstm_fwd(Ux, W, b, extra, state0):
-    h0, c0 = (_c(s) for s in state0)
-    H, C, TC, gates = _lstm_forward(_c(Ux), _c(W), b, h0, c0)
-    return (H, C), (H, C, TC, gates, h0, c0)
+        return rnn
+    if family.literal_value == 1:
 
+        def lstm(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
+            _lstm_backward(dH, H, S1, S2, S3, c0, W, dU)
+            return dU, dU
 
-def _lstm_bwd(dH, cache, W, extra):
-    H, C, TC, gates, h0, c0 = cache
-    dZ = _lstm_backward(_c(dH), H, C, TC, gates, c0, _c(W))
-    return (dZ, *_weight_grads(dZ, H, h0), {})
+        return lstm
 
+    def gru(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
+        _gru_backward(dH, H, S1, S2, h0, W, dU, dZ)
+        return dU, dZ
 
-def _gru_fwd(Ux, W, b, extra, state0):
-    h0 = _c(state0[0])
-    H, gates, Hn = _gru_forward(_c(Ux), _c(W), b, extra["bhn"], h0)
-    return (H,), (H, gates, Hn, h0)
-
-
-def _gru_bwd(dH, cache, W, extra):
-    H, gates, Hn, h0 = cache
-    dX, dWh = _gru_backward(_c(dH), H, gates, Hn, h0, _c(W))
-    dW, _ = _weight_grads(dWh, H, h0)
-    m = H.shape[2]
-    flat_x, flat_h = dX.reshape(-1, 3 * m), dWh.reshape(-1, 3 * m)
-    return dX, dW, flat_x.sum(axis=0), {"bhn": flat_h[:, 2 * m :].sum(axis=0)}
-
-
-CELLS = {
-    "rnn": SimpleNamespace(GATES=1, STATE=("h",), EXTRA=(), forward=_rnn_fwd, backward=_rnn_bwd),
-    "lstm": SimpleNamespace(
-        GATES=4, STATE=("h", "c"), EXTRA=(), forward=_lstm_fwd, backward=_lstm_bwd
-    ),
-    "gru": SimpleNamespace(
-        GATES=3, STATE=("h",), EXTRA=("bhn",), forward=_gru_fwd, backward=_gru_bwd
-    ),
-}
+    return gru
 
 
 # ---- around the cells -------------------------------------------------------------------------
@@ -261,7 +247,9 @@ def _softmax_loss(O, c, y, real, scale):
 def _gather_rows(UT, x, out):
     """out[r] = UT[x[r]]: the column x_t of U for every step and stream (UT = U^T)."""
     for r in range(x.size):
-        out[r] = UT[x[r]]
+        row, src = out[r], UT[x[r]]
+        for j in range(src.size):
+            row[j] = src[j]
 
 
 @jit
@@ -274,68 +262,121 @@ def _scatter_rows(x, rows, out):
             o[j] = o[j] + src[j]
 
 
-def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None):
-    """reference.loss_and_grads_batch in the parameters' dtype, with compiled cells and loss."""
-    spec, dt = params.spec, params.dtype
-    cell = CELLS[spec.family]
+@jit
+def _row_sums(A, out):
+    """out = the sum of the rows of A, in row order."""
+    out[:] = 0.0
+    for r in range(A.shape[0]):
+        for j in range(out.size):
+            out[j] = out[j] + A[r, j]
+
+
+@jit
+def _workspace(family, L, T, B, V, G, drop):
+    """The arrays one update of up to T steps writes, in V's dtype: (Ux, H, S1, S2, S3 of every
+    layer (the cell's, WIDTHS), the layers' masked inputs and h^L (dropout), dL/do, dL/dh,
+    dU and dZ (the cell backward's), h_{t-1}, dU^T of layer 1)."""
+    K, m = V.shape
+    dt = V.dtype
+    w1, w2, w3 = (0, 0, 0) if family == 0 else (m, m, G) if family == 1 else (G, m, 0)
+    d = L if drop else 0
+    return (
+        np.empty((T, B, G), dt),
+        np.empty((L, T, B, m), dt),
+        np.empty((L, T, B, w1), dt),
+        np.empty((L, T, B, w2), dt),
+        np.empty((L, T, B, w3), dt),
+        np.empty((d, T, B, m), dt),
+        np.empty((T if drop else 0, B, m), dt),
+        np.empty((T * B, K), dt),
+        np.empty((T, B, m), dt),
+        np.empty((T, B, G), dt),
+        np.empty((T if family == 2 else 0, B, G), dt),
+        np.empty((T, B, m), dt),
+        np.empty((K, G), dt),
+    )
+
+
+@jit
+def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws):
+    """reference.loss_and_grads_batch for B streams, in the parameters' dtype: returns the loss;
+    fills grads and last = (h, c) after each stream's last real step.
+
+    layers = (U, W, b, b_hn) typed lists, one entry per layer (b_hn of no entries but for the
+    gru); grads = the same four lists, then dV, dc; h0, c0 (L, B, m) (c0 of no units but for
+    the lstm); masks (L, T', B, m) with T' >= T, or an empty array for no dropout; ws: a
+    _workspace of at least T steps.
+    """
+    numba.literally(family)  # compiled for each family (FAMILIES) apart
+    Us, Ws, bs, bhns = layers
+    dUs, dWs, dbs, dbhns, dV, dc = grads
+    Ux, Hs, S1s, S2s, S3s, inputs, top, dO, dH, dU, dZ, H_prev, dUT = ws
     T, B = X.shape
-    m = spec.m
-    x = np.ascontiguousarray(X.ravel(), dtype=np.int64)
-    if masks is not None:  # (T, B, m) each, in the parameters' dtype
-        masks = [np.ascontiguousarray(k.transpose(1, 0, 2)[:T], dtype=dt) for k in masks]
-    state0 = tuple(np.asarray(s, dtype=dt) for s in state0)
-    caches, inputs, states = [], [], []
-    below = None  # the input of the next layer, (T, B, m)
-    for layer in range(1, spec.layers + 1):
-        names = spec.layer_names(layer)
-        U, W, b = params[names["U"]], params[names["W"]], params[names["b"]]
-        extra = {e: params[names[e]] for e in cell.EXTRA}
-        if layer == 1:
-            Ux = np.empty((T * B, len(U)), dt)
-            _gather_rows(np.ascontiguousarray(U.T), x, Ux)
-            Ux = Ux.reshape(T, B, len(U))
+    L, G, m = len(Ws), Ws[0].shape[0], Ws[0].shape[1]
+    TB = T * B
+    drop = masks.size > 0
+    x, y = X.ravel(), Y.ravel()
+    real = np.empty(TB, np.bool_)
+    for t in range(T):
+        for k in range(B):
+            real[t * B + k] = t < lengths[k]
+    Ux, dO, dH, dU, dZ, H_prev = Ux[:T], dO[:TB], dH[:T], dU[:T], dZ[:T], H_prev[:T]
+    for l in range(L):
+        if l == 0:
+            _gather_rows(np.ascontiguousarray(Us[0].T), x, Ux.reshape(TB, G))
         else:
-            if masks is not None:
-                below = below * masks[layer - 2]
-            Ux = _dot(below.reshape(T * B, m), U.T).reshape(T, B, len(U))
-        inputs.append(below)
-        layer_states, cache = cell.forward(Ux, W, b, extra, tuple(s[layer - 1] for s in state0))
-        states.append(layer_states)
-        caches.append(cache)
-        below = layer_states[0]
-    if masks is not None:
-        below = below * masks[-1]
-    top = below.reshape(T * B, m)
-    dO = _dot(top, params["V"].T)
-    real = (np.arange(T)[:, None] < np.asarray(lengths)[None, :]).ravel()
-    y = np.ascontiguousarray(Y.ravel(), dtype=np.int64)
-    loss = _softmax_loss(dO, params["c"], y, real, 1.0 / B) / B
-    grads = {"V": _dot(dO.T, top), "c": dO.sum(axis=0)}
-    dH = _dot(dO, params["V"]).reshape(T, B, m)
-    if masks is not None:
-        dH *= masks[-1]
-    for layer in range(spec.layers, 0, -1):
-        names = spec.layer_names(layer)
-        U, W = params[names["U"]], params[names["W"]]
-        extra = {e: params[names[e]] for e in cell.EXTRA}
-        dUx, dW, db, dextra = cell.backward(dH, caches[layer - 1], W, extra)
-        flat = dUx.reshape(T * B, len(U))
-        if layer == 1:
-            dUT = np.empty((spec.K, len(U)), dt)
+            below = Hs[l - 1, :T]
+            if drop:  # the layer's input: the layer below's h, masked
+                below = np.multiply(below, masks[l - 1, :T], inputs[l, :T])
+            np.dot(below.reshape(TB, m), Us[l].T, Ux.reshape(TB, G))
+        H, S1, S2, S3 = Hs[l, :T], S1s[l, :T], S2s[l, :T], S3s[l, :T]
+        cell_forward(family, Ux, Ws[l], bs[l], bhns[l], h0[l], c0[l], H, S1, S2, S3)
+    h_top = Hs[L - 1, :T]
+    if drop:
+        h_top = np.multiply(h_top, masks[L - 1, :T], top[:T])
+    flat_top = h_top.reshape(TB, m)
+    np.dot(flat_top, V.T, dO)
+    loss = _softmax_loss(dO, c, y, real, 1.0 / B) / B
+    np.dot(dO.T, flat_top, dV)
+    _row_sums(dO, dc)
+    np.dot(dO, V, dH.reshape(TB, m))
+    if drop:
+        dH *= masks[L - 1, :T]
+    for l in range(L - 1, -1, -1):
+        H, S1, S2, S3 = Hs[l, :T], S1s[l, :T], S2s[l, :T], S3s[l, :T]
+        dUx, dZx = cell_backward(family, dH, H, S1, S2, S3, h0[l], c0[l], Ws[l], dU, dZ)
+        _copy(H_prev[0], h0[l])
+        _copy(H_prev[1:].reshape((T - 1) * B, m), H[: T - 1].reshape((T - 1) * B, m))
+        flat, flat_z = dUx.reshape(TB, G), dZx.reshape(TB, G)
+        np.dot(flat_z.T, H_prev.reshape(TB, m), dWs[l])
+        _row_sums(flat, dbs[l])
+        if bhns[l].size:
+            _row_sums(flat_z[:, 2 * m :], dbhns[l])
+        if l == 0:
             _scatter_rows(x, flat, dUT)
-            dU = np.ascontiguousarray(dUT.T)
+            _copy(dUs[0], dUT.T)
         else:
-            dU = _dot(flat.T, inputs[layer - 1].reshape(T * B, m))
-            dH = _dot(flat, U).reshape(T, B, m)
-            if masks is not None:
-                dH *= masks[layer - 2]
-        grads |= {names["U"]: dU, names["W"]: dW, names["b"]: db}
-        grads |= {names[e]: g for e, g in dextra.items()}
-    ordered = {name: grads[name] for name in params.names()}
-    return float(loss), Params._make(ordered, spec), _last_states(state0, states, lengths)
+            below = inputs[l, :T] if drop else Hs[l - 1, :T]
+            np.dot(flat.T, below.reshape(TB, m), dUs[l])
+            np.dot(flat, Us[l], dH.reshape(TB, m))
+            if drop:
+                dH *= masks[l - 1, :T]
+    h_last, c_last = last
+    for l in range(L):
+        for k in range(B):
+            n = lengths[k]
+            _copy(h_last[l, k : k + 1], Hs[l, n - 1, k : k + 1] if n > 0 else h0[l, k : k + 1])
+            if c_last.shape[2]:  # the lstm's c
+                cl = S1s[l, n - 1, k : k + 1] if n > 0 else c0[l, k : k + 1]
+                _copy(c_last[l, k : k + 1], cl)
+    return loss
 
 
 # ---- the optimisers' steps (optim.py), compiled: one pass over each array ---------------------
+ADAGRAD, RMSPROP, ADAM = 0, 1, 2
+OPTIMIZER_CODES = {"adagrad": ADAGRAD, "rmsprop": RMSPROP, "adam": ADAM}
+
+
 @jit
 def _clip(g, clip):
     return clip if g > clip else -clip if g < -clip else g
@@ -367,16 +408,243 @@ def _adam(p, g, m, v, lr, eps, clip, beta1, beta2, t):
         p[i] = p[i] - lr * (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
 
 
-def optimizer_step(optimizer, params: Params, grads: Params, state: dict, t: int) -> None:
-    """optimizer.step(params, grads, state, t), each array in one compiled pass (the same
-    formulas; the scalars in float64). Gradients are clipped as they are read, not in place."""
-    lr, eps, clip = optimizer.lr(t), optimizer.eps, optimizer.clip
-    for name, g in grads.items():
-        p = params[name].reshape(-1)
-        g, slot = g.reshape(-1), {s: state[s][name].reshape(-1) for s in optimizer.slots}
-        if optimizer.name == "adam":
-            _adam(p, g, slot["m"], slot["v"], lr, eps, clip, optimizer.beta1, optimizer.beta2, t)
-        elif optimizer.name == "rmsprop":
-            _rmsprop(p, g, slot["v"], lr, eps, clip, optimizer.alpha)
+@jit
+def _step(code, consts, ps, gs, s1, s2, lr, t):
+    """One update of every array of ps (flat views) from gs; s1, s2: the optimiser's slots
+    (G; v; m and v); consts = (eps, clip, alpha, beta1, beta2)."""
+    eps, clip, alpha, beta1, beta2 = consts
+    for i in range(len(ps)):
+        if code == ADAM:
+            _adam(ps[i], gs[i], s1[i], s2[i], lr, eps, clip, beta1, beta2, t)
+        elif code == RMSPROP:
+            _rmsprop(ps[i], gs[i], s1[i], lr, eps, clip, alpha)
         else:
-            _adagrad(p, g, slot["G"], lr, eps, clip)
+            _adagrad(ps[i], gs[i], s1[i], lr, eps, clip)
+
+
+# ---- a block of updates in one call -----------------------------------------------------------
+@jit
+def _all_finite(arrays) -> bool:
+    bad = 0
+    for a in arrays:
+        for i in range(a.size):
+            bad += not (abs(a[i]) < np.inf)
+    return bad == 0
+
+
+@jit
+def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, model, run):
+    """The loop of reference.run_block over len(starts) updates; returns how many were done.
+
+    model = (layers, V, c, grads, flat): as _loss_and_grads, and flat = (params, grads, best,
+    slot 1, slot 2) as typed lists of flat views, in the order of Params.names();
+    run = (carry (h, c), best carry (h, c), fstate [smooth, best_smooth], istate [updates,
+    best_update, best_x0], optimiser code, its constants); uniforms (updates, L, B, tau, m):
+    the dropout draws (rate p), or empty.
+    """
+    numba.literally(family)
+    layers, V, c, grads, flat = model
+    carry, best_carry, fstate, istate, code, consts = run
+    ps, gs, best, s1, s2 = flat
+    h, cc = carry
+    L, B, m = h.shape
+    dt = V.dtype
+    keep = 1.0 / (1.0 - p)  # a kept unit's mask value, rounded to dt as the reference's cast
+    last = (np.empty_like(h), np.empty_like(cc))
+    G, drop = layers[1][0].shape[0], uniforms.size > 0
+    Tmax = max(lengths.max(), 1)
+    ws = _workspace(family, L, Tmax, B, V, G, drop)
+    XY = np.zeros((2, Tmax, B), np.int64)
+    masks = np.empty((L if drop else 0, Tmax, B, m), dt)
+    for k in range(len(starts)):
+        for b in range(B):
+            if resets[k, b]:
+                h[:, b] = 0.0
+                cc[:, b] = 0.0
+        T = max(lengths[k].max(), 1)
+        X, Y = XY[0, :T], XY[1, :T]
+        X[:] = 0
+        Y[:] = 0
+        for b in range(B):
+            for t in range(lengths[k, b]):
+                X[t, b] = data[starts[k, b] + t]
+                Y[t, b] = data[starts[k, b] + t + 1]
+        for l in range(masks.shape[0]):
+            for t in range(T):
+                for b in range(B):
+                    for j in range(m):
+                        masks[l, t, b, j] = keep if uniforms[k, l, b, t, j] >= p else 0.0
+        loss = _loss_and_grads(
+            family, X, Y, lengths[k], h, cc, masks, layers, V, c, grads, last, ws
+        )
+        losses[k] = loss
+        if not (math.isfinite(loss) and _all_finite(gs)):
+            return k
+        fstate[0] = loss if istate[0] == 0 else _smooth(fstate[0], loss)
+        if fstate[0] < fstate[1]:
+            for i in range(len(ps)):
+                _copy(best[i].reshape(1, -1), ps[i].reshape(1, -1))
+            _copy(best_carry[0], h[:, 0])
+            _copy(best_carry[1], cc[:, 0])
+            istate[2] = X[0, 0]
+            istate[1] = istate[0] + 1
+            fstate[1] = fstate[0]
+        _step(code, consts, ps, gs, s1, s2, lrs[k], istate[0] + 1)
+        _copy(h.reshape(L * B, m), last[0].reshape(L * B, m))
+        w = cc.shape[2]  # m for the lstm's c, else 0
+        _copy(cc.reshape(L * B, w), last[1].reshape(L * B, w))
+        istate[0] += 1
+    return len(starts)
+
+
+# ---- each family's entry points, for calls from Python ----------------------------------------
+# A call from Python with the family's code as a plain int would go through numba's literal
+# dispatch (about 50 ms per call); these pass it as a constant, resolved when they compile.
+@jit
+def rnn_update(X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws):
+    return _loss_and_grads(0, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws)
+
+
+@jit
+def lstm_update(X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws):
+    return _loss_and_grads(1, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws)
+
+
+@jit
+def gru_update(X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws):
+    return _loss_and_grads(2, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws)
+
+
+@jit
+def rnn_block(data, starts, lengths, resets, uniforms, p, lrs, losses, model, run):
+    return _block(0, data, starts, lengths, resets, uniforms, p, lrs, losses, model, run)
+
+
+@jit
+def lstm_block(data, starts, lengths, resets, uniforms, p, lrs, losses, model, run):
+    return _block(1, data, starts, lengths, resets, uniforms, p, lrs, losses, model, run)
+
+
+@jit
+def gru_block(data, starts, lengths, resets, uniforms, p, lrs, losses, model, run):
+    return _block(2, data, starts, lengths, resets, uniforms, p, lrs, losses, model, run)
+
+
+ENTRIES = {  # family -> (one update, a block of updates)
+    "rnn": (rnn_update, rnn_block),
+    "lstm": (lstm_update, lstm_block),
+    "gru": (gru_update, gru_block),
+}
+
+
+# ---- the engine's entry points ----------------------------------------------------------------
+MASK_BYTES = 64 * 2**20  # dropout draws held at once: a block runs in parts of at most this
+
+
+def _lists(params: Params):
+    """The layers' (U, W, b, b_hn) as typed lists of the arrays themselves (b_hn zeros but for
+    the gru), then V and c."""
+    spec = params.spec
+    names = [spec.layer_names(layer) for layer in range(1, spec.layers + 1)]
+    bhn = [params[n["bhn"]] if "bhn" in n else np.zeros(0, params.dtype) for n in names]
+    return (
+        (
+            numba.typed.List([params[n["U"]] for n in names]),
+            numba.typed.List([params[n["W"]] for n in names]),
+            numba.typed.List([params[n["b"]] for n in names]),
+            numba.typed.List(bhn),
+        ),
+        params["V"],
+        params["c"],
+    )
+
+
+def _flat(params: Params) -> numba.typed.List:
+    return numba.typed.List([a.reshape(-1) for a in params.arrays()])
+
+
+def _carry(state: tuple, like: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(h, c) as contiguous arrays in like's dtype (the arrays themselves when they are); c of
+    no units but for the lstm."""
+    h = np.ascontiguousarray(state[0], dtype=like.dtype)
+    empty = np.zeros(h.shape[:-1] + (0,), like.dtype)
+    return h, np.ascontiguousarray(state[1], dtype=like.dtype) if len(state) > 1 else empty
+
+
+def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None):
+    """reference.loss_and_grads_batch in the parameters' dtype, compiled."""
+    spec = params.spec
+    T, B = X.shape
+    layers, V, c = _lists(params)
+    grads = Params.zeros_like(params)
+    glayers, _, _ = _lists(grads)
+    h0, c0 = _carry(state0, V)
+    last = (np.empty_like(h0), np.empty_like(c0))
+    if masks is None:
+        drop = np.empty((0, 0, 0, 0), params.dtype)
+    else:  # (B, tau, m) each -> (L, T, B, m)
+        drop = np.ascontiguousarray(np.stack(masks).transpose(0, 2, 1, 3)[:, :T], params.dtype)
+    args = (_c(X, np.int64), _c(Y, np.int64), _c(lengths, np.int64), h0, c0, drop, layers, V, c)
+    G = spec.cell.GATES * spec.m
+    ws = _workspace(FAMILIES.index(spec.family), spec.layers, T, B, V, G, masks is not None)
+    loss = ENTRIES[spec.family][0](*args, (*glayers, grads["V"], grads["c"]), last, ws)
+    return float(loss), grads, last[: len(spec.state_names)]
+
+
+def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None) -> int:
+    """reference.run_block, a block of updates per compiled call (with dropout, parts of the
+    block, whose draws are taken at once: the same numbers, in the same order, as the
+    reference's one draw per mask)."""
+    spec, params = state.spec, state.params
+    n, B = np.shape(starts)
+    layers, V, c = _lists(params)
+    grads = Params.zeros_like(params)
+    glayers, _, _ = _lists(grads)
+    slots = [state.opt[s] for s in optimizer.slots]
+    flat = (_flat(params), _flat(grads), _flat(state.best), _flat(slots[0]), _flat(slots[-1]))
+    model = (layers, V, c, (*glayers, grads["V"], grads["c"]), flat)
+    carry = _carry(state.carry, V)
+    best_carry = _carry(state.best_carry, V)
+    fstate = np.array([state.smooth_loss, state.best_smooth])
+    istate = np.array([state.updates, state.best_update, state.best_x0], dtype=np.int64)
+    consts = (
+        float(optimizer.eps),
+        float(optimizer.clip),
+        float(getattr(optimizer, "alpha", 0.0)),
+        *(float(b) for b in (getattr(optimizer, "beta1", 0.0), getattr(optimizer, "beta2", 0.0))),
+    )
+    run = (carry, best_carry, fstate, istate, OPTIMIZER_CODES[optimizer.name], consts)
+    lrs = np.array([optimizer.lr(state.updates + 1 + k) for k in range(n)])
+    data, starts = np.ascontiguousarray(data), _c(starts, np.int64)
+    lengths, resets = _c(lengths, np.int64), _c(resets, np.bool_)
+    shape = (spec.layers, B, dropout.tau, spec.m) if dropout is not None else (0, 0, 0, 0)
+    part = max(1, MASK_BYTES // (8 * math.prod(shape))) if dropout is not None else n
+    p = float(dropout.p) if dropout is not None else 0.0
+    done = 0
+    while done < n:
+        size = min(part, n - done)
+        if dropout is not None:
+            before = dropout.state()
+            uniforms = dropout.rng.random((size, *shape))
+        else:
+            uniforms = np.empty((0, 0, 0, 0, 0))
+        k = slice(done, done + size)
+        args = (data, starts[k], lengths[k], resets[k], uniforms, p, lrs[k], losses[k])
+        did = ENTRIES[spec.family][1](*args, model, run)
+        done += did
+        if did < size:
+            if dropout is not None:  # the draws of the updates done and of the failed one
+                dropout.set_state(before)
+                dropout.rng.random((did + 1, *shape))
+            break
+    for s, new in zip(state.carry, carry, strict=False):
+        s[...] = new
+    for s, new in zip(state.best_carry, best_carry, strict=False):
+        s[...] = new
+    state.smooth_loss, state.best_smooth = float(fstate[0]), float(fstate[1])
+    state.updates, state.best_update, state.best_x0 = (int(v) for v in istate)
+    return done
+
+
+def _c(a, dtype) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=dtype)
