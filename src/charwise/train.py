@@ -32,9 +32,10 @@ from charwise.vocab import Vocab
 BLOCK_MAX = 1000  # most updates per engine call, so Ctrl-C and timed checkpoints stay prompt
 FIRST_BLOCK = 10  # updates of a run's first block, before its speed is known ...
 BLOCK_SECONDS = 1.0  # ... then blocks of about this long (and at most BLOCK_MAX updates)
-# first-start compile time of a family's kernels (measured on a 2-core 2.6 GHz machine: a first
-# `charwise train` takes 14 to 18 s, a cached one 1.3 s)
-COMPILE_SECONDS = 15
+# first-start compile time of the kernels, measured on a 2-core 2.6 GHz machine: a first
+# `charwise train` of the exercise takes 14 to 16 s, of any other model 35 s; a cached one 1.3 s
+# and 2 s
+COMPILE_SECONDS = {True: 15, False: 35}  # by whether the run is the exercise's
 DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x tau ln K (a uniform guess)
 
 
@@ -309,14 +310,16 @@ class Trainer:
         warm_up = getattr(self.engine, "warm_up", None)
         if warm_up is None:
             return
-        if not self.engine.cached(self.state.spec):
+        spec, config = self.state.spec, self.config
+        exercise = self.engine.exercise(spec, self.optimizer, config.batch, self.dropout)
+        if not self.engine.cached(spec, exercise):
             self.emit(
                 "message",
-                f"compiling the {self.engine_name} engine's {self.state.spec.family} kernels "
-                f"(once per model family and dtype, about {COMPILE_SECONDS} s)",
+                f"compiling the {self.engine_name} engine's {spec.family} kernels "
+                f"(once per model family and dtype, about {COMPILE_SECONDS[exercise]} s)",
             )
         t0 = time.perf_counter()
-        warm_up(storage_dtype(self.config.dtype), self.state.spec)
+        warm_up(storage_dtype(config.dtype), spec, exercise)
         if time.perf_counter() - t0 > 5:
             self.emit("message", f"engine ready in {time.perf_counter() - t0:.1f} s")
 

@@ -540,40 +540,48 @@ def _state(spec, h, c, like):
 
 
 # ---- the engine interface (see engines/__init__.py) -------------------------------------------
-def cached(spec) -> bool:
+def exercise(spec, optimizer, batch: int, dropout) -> bool:
+    """Whether run_block trains by the exercise's kernels: the one-layer rnn, one stream,
+    AdaGrad at a constant rate, no dropout (else by kernels.run_block)."""
+    plain = optimizer.name == "adagrad" and optimizer.schedule is None and dropout is None
+    return _kernel(spec) and batch == 1 and plain
+
+
+def cached(spec, exercise: bool = False) -> bool:
     """Whether numba's cache holds the kernels of this model (else the first call compiles them)."""
     folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent
-    names = [f"kernels.{spec.family}_block"]
-    names.append("fast._train_block" if _kernel(spec) else "fast._model_evaluate")
+    names = ["fast._train_block" if exercise else "kernels._block"]
+    names.append("fast._evaluate" if _kernel(spec) else "fast._model_evaluate")
     return all(any(folder.glob(f"**/{name}-*.nbi")) for name in names)
 
 
-WARM: set[tuple] = set()  # (dtype, family) whose kernels this process has compiled or loaded
+WARM: set[tuple] = set()  # (dtype, family, exercise) whose kernels this process has ready
 
 
-def warm_up(dtype, spec) -> None:
+def warm_up(dtype, spec, exercise: bool = False) -> None:
     """Compile (or load from the cache) the kernels a run of this model calls, and only those:
-    training in its dtype (a block of a tiny model of its family: two streams, dropout, Adam;
-    one compiled block serves every optimiser and layer count), sampling and validation in
-    float64, so that the run's first block measures training only."""
+    training in its dtype (the exercise's kernels, or a block of a tiny model of its family: two
+    streams, dropout, Adam; one compiled block serves every optimiser and layer count), sampling
+    and validation in float64, so that the run's first block measures training only."""
     from charwise.models import ModelSpec
     from charwise.optim import make_optimizer
 
-    key = (str(dtype), spec.family)
+    key = (str(dtype), spec.family, exercise)
     if key in WARM:
         return
     data = np.array([0, 1, 2, 1, 0], dtype=np.uint8)
-    if _kernel(spec):  # the exercise's kernels, which also sample and validate this model
+    if exercise:
         params = Params.init(ModelSpec("rnn", K=3, m=2), seed=0).astype(np.dtype(dtype))
         state = TrainState.fresh(params)
         one = np.zeros(1, dtype=np.int64)
         train_block(state, data, one, one + 2, np.ones(1, bool), 0.1, 1e-8, 5.0, np.empty(1))
-    tiny = Params.init(ModelSpec(spec.family, K=3, m=2, layers=2), seed=0).astype(dtype)
-    adam = make_optimizer("adam", 0.01)
-    state = TrainState.fresh(tiny, batch=2, opt=adam.init_state(tiny))
-    starts, lengths = np.array([[0, 1]]), np.array([[2, 1]])
-    dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
-    run_block(state, adam, data, starts, lengths, np.ones((1, 2), bool), np.empty(1), dropout)
+    else:
+        tiny = Params.init(ModelSpec(spec.family, K=3, m=2, layers=2), seed=0).astype(dtype)
+        adam = make_optimizer("adam", 0.01)
+        state = TrainState.fresh(tiny, batch=2, opt=adam.init_state(tiny))
+        starts, lengths, resets = np.array([[0, 1]]), np.array([[2, 1]]), np.ones((1, 2), bool)
+        dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
+        run_block(state, adam, data, starts, lengths, resets, np.empty(1), dropout)
     params = Params.init(ModelSpec(spec.family, K=3, m=2, layers=spec.layers), seed=0)
     sample(params, params.spec.zero_state(), 0, 2, np.full(2, 0.5))
     advance(params, params.spec.zero_state(), data[:2])
@@ -660,10 +668,9 @@ def evaluate(params: Params, data, runs=None) -> tuple[float, int]:
 
 
 def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None) -> int:
-    """reference.run_block: the exercise (the one-layer rnn, one stream, AdaGrad at a constant
-    rate, no dropout) in one compiled call, everything else with compiled cells."""
-    exercise = optimizer.name == "adagrad" and optimizer.schedule is None and dropout is None
-    if not (_kernel(state.spec) and exercise and np.shape(starts)[1] == 1):
+    """reference.run_block in one compiled call: the exercise's kernels for the exercise
+    (exercise()), kernels.run_block for every other model."""
+    if not exercise(state.spec, optimizer, np.shape(starts)[1], dropout):
         return kernels.run_block(state, optimizer, data, starts, lengths, resets, losses, dropout)
     one = (np.asarray(a)[:, 0] for a in (starts, lengths, resets))
     return train_block(state, data, *one, optimizer.eta, optimizer.eps, optimizer.clip, losses)

@@ -3,7 +3,7 @@ float64 or float32): the reference's equations (engines/reference.py, models/*.p
 parameters' dtype, a whole block of updates in one compiled call (run_block).
 
 Each family's cell is a pair of compiled functions with one interface (cell_forward and
-cell_backward, chosen while compiling from the family's code): numba compiles the update and the
+cell_backward, chosen while compiling from the family's tag): numba compiles the update and the
 block once per family and dtype, only for the family in use, and caches each. Per step, the
 recurrent product of all streams is one BLAS call (np.dot, row-major (B, m) states) and the
 gates are computed by a vectorisable sigmoid and tanh (engines/numerics.py: no libm call per
@@ -164,31 +164,34 @@ def _gru_backward(dH, H, gates, Hn, h0, W, dX, dWh):
 
 
 # ---- each family's cell behind one interface, for the compiled update below --------------------
-FAMILIES = ("rnn", "lstm", "gru")  # a family's code: its index here
+FAMILIES = ("rnn", "lstm", "gru")
+# A family as the compiled code sees it: a tuple whose length is the family's index in FAMILIES
+# plus one. Its length is part of its type, so numba compiles (and caches) the update and the
+# block for each family apart, with that family's cell alone, and a call from Python costs no
+# more than any other.
+TAGS = {family: (0,) * (i + 1) for i, family in enumerate(FAMILIES)}
 
 
 def cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3):
-    """Family FAMILIES[family]'s forward pass (compiled code only): writes the hidden states H
-    and what backward needs, S1, S2, S3 (_workspace gives their widths; the lstm's S1 is c)."""
+    """The forward pass of the family tagged `family` (compiled code only): writes the hidden
+    states H and what backward needs, S1, S2, S3 (_workspace gives their widths; the lstm's S1
+    is c)."""
     raise NotImplementedError
 
 
 def cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
-    """Family FAMILIES[family]'s backward pass (compiled code only): writes dU = dL/d(U u_t + b)
-    and, for the gru only, dZ = dL/dz_t, whose product with h_{t-1} is dW; returns the two
-    (dU twice but for the gru)."""
+    """The backward pass of the family tagged `family` (compiled code only): writes dU =
+    dL/d(U u_t + b) and, for the gru only, dZ = dL/dz_t, whose product with h_{t-1} is dW;
+    returns the two (dU twice but for the gru)."""
     raise NotImplementedError
 
 
-# Chosen while compiling, from the family's literal code: a caller compiled for one family holds
-# that family's cell alone, and numba caches it under that code.
+# Chosen while compiling, from the family's tag (TAGS).
 @numba.extending.overload(cell_forward, prefer_literal=True)
 def _cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3):
-    if not isinstance(family, numba.types.IntegerLiteral):
-        return None
-    if family.literal_value == 0:
+    if family.count == 1:
         return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3: _rnn_forward(Ux, W, b, h0, H)
-    if family.literal_value == 1:
+    if family.count == 2:
         return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3: _lstm_forward(
             Ux, W, b, h0, c0, H, S1, S2, S3
         )
@@ -199,16 +202,14 @@ def _cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3):
 
 @numba.extending.overload(cell_backward, prefer_literal=True)
 def _cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
-    if not isinstance(family, numba.types.IntegerLiteral):
-        return None
-    if family.literal_value == 0:
+    if family.count == 1:
 
         def rnn(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
             _rnn_backward(dH, H, W, dU)
             return dU, dU
 
         return rnn
-    if family.literal_value == 1:
+    if family.count == 2:
 
         def lstm(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
             _lstm_backward(dH, H, S1, S2, S3, c0, W, dU)
@@ -278,7 +279,8 @@ def _workspace(family, L, T, B, V, G, drop):
     dU and dZ (the cell backward's), h_{t-1}, dU^T of layer 1)."""
     K, m = V.shape
     dt = V.dtype
-    w1, w2, w3 = (0, 0, 0) if family == 0 else (m, m, G) if family == 1 else (G, m, 0)
+    code = len(family) - 1
+    w1, w2, w3 = (0, 0, 0) if code == 0 else (m, m, G) if code == 1 else (G, m, 0)
     d = L if drop else 0
     return (
         np.empty((T, B, G), dt),
@@ -291,7 +293,7 @@ def _workspace(family, L, T, B, V, G, drop):
         np.empty((T * B, K), dt),
         np.empty((T, B, m), dt),
         np.empty((T, B, G), dt),
-        np.empty((T if family == 2 else 0, B, G), dt),
+        np.empty((T if code == 2 else 0, B, G), dt),
         np.empty((T, B, m), dt),
         np.empty((K, G), dt),
     )
@@ -307,7 +309,6 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
     the lstm); masks (L, T', B, m) with T' >= T, or an empty array for no dropout; ws: a
     _workspace of at least T steps.
     """
-    numba.literally(family)  # compiled for each family (FAMILIES) apart
     Us, Ws, bs, bhns = layers
     dUs, dWs, dbs, dbhns, dV, dc = grads
     Ux, Hs, S1s, S2s, S3s, inputs, top, dO, dH, dU, dZ, H_prev, dUT = ws
@@ -442,7 +443,6 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
     best_update, best_x0], optimiser code, its constants); uniforms (updates, L, B, tau, m):
     the dropout draws (rate p), or empty.
     """
-    numba.literally(family)
     layers, V, c, grads, flat = model
     carry, best_carry, fstate, istate, code, consts = run
     ps, gs, best, s1, s2 = flat
@@ -497,46 +497,6 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
     return len(starts)
 
 
-# ---- each family's entry points, for calls from Python ----------------------------------------
-# A call from Python with the family's code as a plain int would go through numba's literal
-# dispatch (about 50 ms per call); these pass it as a constant, resolved when they compile.
-@jit
-def rnn_update(X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws):
-    return _loss_and_grads(0, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws)
-
-
-@jit
-def lstm_update(X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws):
-    return _loss_and_grads(1, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws)
-
-
-@jit
-def gru_update(X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws):
-    return _loss_and_grads(2, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws)
-
-
-@jit
-def rnn_block(data, starts, lengths, resets, uniforms, p, lrs, losses, model, run):
-    return _block(0, data, starts, lengths, resets, uniforms, p, lrs, losses, model, run)
-
-
-@jit
-def lstm_block(data, starts, lengths, resets, uniforms, p, lrs, losses, model, run):
-    return _block(1, data, starts, lengths, resets, uniforms, p, lrs, losses, model, run)
-
-
-@jit
-def gru_block(data, starts, lengths, resets, uniforms, p, lrs, losses, model, run):
-    return _block(2, data, starts, lengths, resets, uniforms, p, lrs, losses, model, run)
-
-
-ENTRIES = {  # family -> (one update, a block of updates)
-    "rnn": (rnn_update, rnn_block),
-    "lstm": (lstm_update, lstm_block),
-    "gru": (gru_update, gru_block),
-}
-
-
 # ---- the engine's entry points ----------------------------------------------------------------
 MASK_BYTES = 64 * 2**20  # dropout draws held at once: a block runs in parts of at most this
 
@@ -586,8 +546,8 @@ def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=Non
         drop = np.ascontiguousarray(np.stack(masks).transpose(0, 2, 1, 3)[:, :T], params.dtype)
     args = (_c(X, np.int64), _c(Y, np.int64), _c(lengths, np.int64), h0, c0, drop, layers, V, c)
     G = spec.cell.GATES * spec.m
-    ws = _workspace(FAMILIES.index(spec.family), spec.layers, T, B, V, G, masks is not None)
-    loss = ENTRIES[spec.family][0](*args, (*glayers, grads["V"], grads["c"]), last, ws)
+    ws = _workspace(TAGS[spec.family], spec.layers, T, B, V, G, masks is not None)
+    loss = _loss_and_grads(TAGS[spec.family], *args, (*glayers, grads["V"], grads["c"]), last, ws)
     return float(loss), grads, last[: len(spec.state_names)]
 
 
@@ -630,7 +590,7 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
             uniforms = np.empty((0, 0, 0, 0, 0))
         k = slice(done, done + size)
         args = (data, starts[k], lengths[k], resets[k], uniforms, p, lrs[k], losses[k])
-        did = ENTRIES[spec.family][1](*args, model, run)
+        did = _block(TAGS[spec.family], *args, model, run)
         done += did
         if did < size:
             if dropout is not None:  # the draws of the updates done and of the failed one

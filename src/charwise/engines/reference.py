@@ -265,26 +265,22 @@ class Dropout:
         self.rng.bit_generator.state = state
 
 
-def run_block(
-    state, optimizer, data, starts, lengths, resets, losses, dropout=None, batch=None, step=None
-) -> int:
+def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None) -> int:
     """Run len(starts) updates of the protocol (SPEC.md) on `state`; losses[k] gets each loss.
 
     Update k reads, for stream b, inputs data[s : s+n] and targets data[s+1 : s+n+1]
     (s = starts[k, b], n = lengths[k, b]) from its carried state, first zeroed when resets[k, b]
     is set. Stops early and returns the count done when a loss or gradient is not finite
-    (that update is not applied). batch: as for loss_and_grads; step: the optimiser's step
-    (default optimizer.step; the fast engine passes its own).
+    (that update is not applied).
     """
     spec = state.spec
-    batch, step = batch or loss_and_grads_batch, step or optimizer.step
     for k in range(len(starts)):
         for s in state.carry:
             s[:, resets[k]] = 0.0
         X, Y = chunk_arrays(data, starts[k], lengths[k])
         masks = dropout.masks(spec, X.shape[1]) if dropout is not None else None
         state0 = as_state(spec, state.carry)
-        L, grads, carry = batch(state.params, X, Y, lengths[k], state0, masks)
+        L, grads, carry = loss_and_grads_batch(state.params, X, Y, lengths[k], state0, masks)
         losses[k] = L
         if not np.isfinite(L) or not all(np.isfinite(g).all() for g in grads.arrays()):
             return k
@@ -296,7 +292,7 @@ def run_block(
             state.best_x0 = int(X[0, 0])
             state.best_update = state.updates + 1
             state.best_smooth = state.smooth_loss
-        step(state.params, grads, state.opt, state.updates + 1)
+        optimizer.step(state.params, grads, state.opt, state.updates + 1)
         for s, new in zip(state.carry, carry, strict=True):
             s[...] = new
         state.updates += 1
