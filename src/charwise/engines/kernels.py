@@ -187,7 +187,7 @@ def cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
 
 
 # Chosen while compiling, from the family's tag (TAGS).
-@numba.extending.overload(cell_forward, prefer_literal=True)
+@numba.extending.overload(cell_forward)
 def _cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3):
     if family.count == 1:
         return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3: _rnn_forward(Ux, W, b, h0, H)
@@ -200,7 +200,7 @@ def _cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3):
     )
 
 
-@numba.extending.overload(cell_backward, prefer_literal=True)
+@numba.extending.overload(cell_backward)
 def _cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
     if family.count == 1:
 
@@ -274,9 +274,9 @@ def _row_sums(A, out):
 
 @jit
 def _workspace(family, L, T, B, V, G, drop):
-    """The arrays one update of up to T steps writes, in V's dtype: (Ux, H, S1, S2, S3 of every
-    layer (the cell's, WIDTHS), the layers' masked inputs and h^L (dropout), dL/do, dL/dh,
-    dU and dZ (the cell backward's), h_{t-1}, dU^T of layer 1)."""
+    """The arrays one update of up to T steps writes, in V's dtype: (Ux, then H, S1, S2, S3 of
+    every layer (S1-S3 as wide as the family's cell needs), the layers' masked inputs and h^L
+    (dropout), dL/do, dL/dh, dU and dZ (the cell backward's), h_{t-1}, dU^T of layer 1)."""
     K, m = V.shape
     dt = V.dtype
     code = len(family) - 1
