@@ -29,6 +29,7 @@ import numpy as np
 
 from charwise.engines import kernels, reference
 from charwise.engines.numerics import (
+    _all_finite,
     _exp_nonpositive,
     _nll,
     _sigmoid,
@@ -76,15 +77,6 @@ def _transpose(A, out):
     for n in range(N):
         for r in range(R):
             out[n, r] = A[r, n]
-
-
-@jit
-def _all_finite(a) -> bool:
-    """No NaN or infinity in the 1-d array a (a branch-free count, so it vectorises)."""
-    bad = 0
-    for i in range(a.size):
-        bad += not (abs(a[i]) < np.inf)
-    return bad == 0
 
 
 # ---- one chunk: loss, gradients, last hidden state --------------------------------------------

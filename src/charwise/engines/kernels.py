@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from charwise.engines.numerics import _nll, _sigmoid, _smooth, _tanh, jit, numba
+from charwise.engines.numerics import _all_finite, _nll, _sigmoid, _smooth, _tanh, jit, numba
 from charwise.params import Params
 
 
@@ -425,15 +425,6 @@ def _step(code, consts, ps, gs, s1, s2, lr, t):
 
 # ---- a block of updates in one call -----------------------------------------------------------
 @jit
-def _all_finite(arrays) -> bool:
-    bad = 0
-    for a in arrays:
-        for i in range(a.size):
-            bad += not (abs(a[i]) < np.inf)
-    return bad == 0
-
-
-@jit
 def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, model, run):
     """The loop of reference.run_block over len(starts) updates; returns how many were done.
 
@@ -478,7 +469,10 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
             family, X, Y, lengths[k], h, cc, masks, layers, V, c, grads, last, ws
         )
         losses[k] = loss
-        if not (math.isfinite(loss) and _all_finite(gs)):
+        finite = math.isfinite(loss)
+        for g in gs:
+            finite = finite and _all_finite(g)
+        if not finite:
             return k
         fstate[0] = loss if istate[0] == 0 else _smooth(fstate[0], loss)
         if fstate[0] < fstate[1]:
@@ -531,13 +525,20 @@ def _carry(state: tuple, like: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return h, np.ascontiguousarray(state[1], dtype=like.dtype) if len(state) > 1 else empty
 
 
+def _model(params: Params):
+    """(layers, V, c) of _lists, the gradients' Params, and the gradients as _loss_and_grads
+    fills them (views of that Params)."""
+    layers, V, c = _lists(params)
+    grads = Params.zeros_like(params)
+    glayers, _, _ = _lists(grads)
+    return layers, V, c, grads, (*glayers, grads["V"], grads["c"])
+
+
 def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None):
     """reference.loss_and_grads_batch in the parameters' dtype, compiled."""
     spec = params.spec
     T, B = X.shape
-    layers, V, c = _lists(params)
-    grads = Params.zeros_like(params)
-    glayers, _, _ = _lists(grads)
+    layers, V, c, grads, gviews = _model(params)
     h0, c0 = _carry(state0, V)
     last = (np.empty_like(h0), np.empty_like(c0))
     if masks is None:
@@ -547,7 +548,7 @@ def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=Non
     args = (_c(X, np.int64), _c(Y, np.int64), _c(lengths, np.int64), h0, c0, drop, layers, V, c)
     G = spec.cell.GATES * spec.m
     ws = _workspace(TAGS[spec.family], spec.layers, T, B, V, G, masks is not None)
-    loss = _loss_and_grads(TAGS[spec.family], *args, (*glayers, grads["V"], grads["c"]), last, ws)
+    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws)
     return float(loss), grads, last[: len(spec.state_names)]
 
 
@@ -557,12 +558,10 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
     reference's one draw per mask)."""
     spec, params = state.spec, state.params
     n, B = np.shape(starts)
-    layers, V, c = _lists(params)
-    grads = Params.zeros_like(params)
-    glayers, _, _ = _lists(grads)
-    slots = [state.opt[s] for s in optimizer.slots]
-    flat = (_flat(params), _flat(grads), _flat(state.best), _flat(slots[0]), _flat(slots[-1]))
-    model = (layers, V, c, (*glayers, grads["V"], grads["c"]), flat)
+    layers, V, c, grads, gviews = _model(params)
+    slots = [_flat(state.opt[s]) for s in optimizer.slots]  # Adam's m and v; else one
+    flat = (_flat(params), _flat(grads), _flat(state.best), slots[0], slots[-1])
+    model = (layers, V, c, gviews, flat)
     carry = _carry(state.carry, V)
     best_carry = _carry(state.best_carry, V)
     fstate = np.array([state.smooth_loss, state.best_smooth])

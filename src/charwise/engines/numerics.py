@@ -128,6 +128,15 @@ def _sigmoid(a, out):
 
 
 @jit
+def _all_finite(a) -> bool:
+    """No NaN or infinity in the 1-d array a (a branch-free count, so it vectorises)."""
+    bad = 0
+    for i in range(a.size):
+        bad += not (abs(a[i]) < np.inf)
+    return bad == 0
+
+
+@jit
 def _nll(o, c, y, z64):
     """(-log p_y, sum of exp(o - max o)) for the logits o + c; o gets + c in place, z64[:K]
     the exponentials, in float64, and z64[K:2K] is scratch. NaN or inf anywhere makes the
