@@ -355,6 +355,28 @@ def bench(tmp_path, *args) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+    reason="numpy's and SciPy's wheels carry OpenBLAS with every x86 kernel on Linux",
+)
+def test_bench_names_the_blas_kernels_that_run():
+    """The benchmarks' machine line names each BLAS and the kernels it runs: OpenBLAS's own
+    choice, or the one OPENBLAS_CORETYPE asks for when the library is loaded (two kernels
+    x86-64 CPUs of the last 12 years run: Nehalem, SSE4.2; Sandybridge, AVX)."""
+    code = "from charwise import bench; print(bench.blas())"
+    for kernel in ("Nehalem", "Sandybridge"):
+        line = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONPATH": str(SRC), "OPENBLAS_CORETYPE": kernel},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        libraries = line.removeprefix("BLAS ").strip().split("; ")
+        assert [lib.split(":")[0] for lib in libraries] == ["SciPy", "numpy"], line
+        assert all(lib.endswith(f", {kernel} kernels") for lib in libraries), line
+
+
 @pytest.mark.slow
 def test_bench_command_prints_every_engine(tmp_path):
     out = bench(tmp_path, "--m", "8", "--seq-length", "10", "--repeats", "1")

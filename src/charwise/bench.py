@@ -264,8 +264,26 @@ def machine() -> str:
 
     return (
         f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
-        f"numpy {np.__version__}, numba {numba.__version__}"
+        f"numpy {np.__version__}, numba {numba.__version__}; {blas()}"
     )
+
+
+def blas() -> str:
+    """Which BLAS numpy (the reference) and SciPy (numba's np.dot: the fast engine) run, and
+    with which kernels: OpenBLAS picks them for the CPU when it is loaded, and
+    OPENBLAS_CORETYPE overrides its choice (README, "Speed")."""
+    import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS, as numba does)
+    import threadpoolctl
+
+    names = {"numpy.libs": "numpy", "scipy.libs": "SciPy"}
+    parts = []
+    for lib in threadpoolctl.threadpool_info():
+        if lib["user_api"] != "blas":
+            continue
+        owner = next((v for k, v in names.items() if k in lib["filepath"]), lib["prefix"])
+        kernels = f", {lib['architecture']} kernels" if lib.get("architecture") else ""
+        parts.append(f"{owner}: {lib['internal_api']} {lib['version']}{kernels}")
+    return "BLAS " + ("; ".join(sorted(parts)) or "unknown")
 
 
 def table(corpus: Corpus, rows: list[Row], notes: list[str], m: int, tau: int) -> str:
