@@ -235,16 +235,21 @@ def test_samples_and_validation_loss(engine, family, layers, batch, optimizer, d
     eng = get_engine(engine)
     vocab, data = text_data()
     state = random_state(family, layers, 1, optimizer, len(vocab))
-    params = state.params
     uniforms = np.random.default_rng(7).random(300)
     h0 = tuple(s[:, :1] for s in state.carry)
-    for temperature, top_p in ((1.0, 1.0), (0.7, 0.9), (0.0, 1.0)):
-        got = eng.sample(params, h0, 4, 300, uniforms, temperature, top_p)
-        want = reference.sample(params, h0, 4, 300, uniforms, temperature, top_p)
-        assert np.array_equal(got, want)
-    for runs in (None, [(0, 40), (39, 41), (40, 700), (699, 2000)]):  # a text; documents
-        got, want = eng.evaluate(params, data, runs), reference.evaluate(params, data, runs)
-        assert got[1] == want[1] and abs(got[0] - want[0]) <= REL * want[0]
+    # float32 weights too (the fast engine keeps W in float32 for these): the reference upcasts
+    # them, and both compute in float64 on the same values
+    for params in (state.params, *([state.params.astype(np.float32)] * (engine == "fast"))):
+        for temperature, top_p in ((1.0, 1.0), (0.7, 0.9), (0.0, 1.0)):
+            got = eng.sample(params, h0, 4, 300, uniforms, temperature, top_p)
+            want = reference.sample(params, h0, 4, 300, uniforms, temperature, top_p)
+            assert np.array_equal(got, want)
+        for runs in (None, [(0, 40), (39, 41), (40, 700), (699, 2000)]):  # a text; documents
+            got, want = eng.evaluate(params, data, runs), reference.evaluate(params, data, runs)
+            assert got[1] == want[1] and abs(got[0] - want[0]) <= REL * want[0]
+        h, want = eng.advance(params, h0, data[:50]), reference.advance(params, h0, data[:50])
+        for a, b in zip(np.atleast_1d(h), np.atleast_1d(want), strict=True):
+            assert rel(a, b) <= REL
 
 
 def as_float32(state: TrainState) -> TrainState:

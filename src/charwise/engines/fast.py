@@ -502,13 +502,16 @@ def _model_evaluate(family, L, arrays, VT, cb, data, runs):
 
 def _packed(params: Params):
     """(family code, the layers' arrays (U^T of layer 1, U^T of layers 2.., W^T, b, b_hn),
-    V^T, c) in float64, contiguous, for the one-stream kernels."""
+    V^T, c), contiguous, for the one-stream kernels: in float64 but W^T, kept in the
+    parameters' dtype. A float32 weight is exactly a float64 one, so the products are the
+    reference's (which upcasts), but each step's W h, a memory-bound product, reads half the
+    bytes."""
     spec, p = params.spec, _float64(params)
     G, m, L = spec.cell.GATES * spec.m, spec.m, spec.layers
     names = [spec.layer_names(layer) for layer in range(1, L + 1)]
-    t = lambda name: np.ascontiguousarray(p[name].T)  # noqa: E731
+    t = lambda name, q=p: np.ascontiguousarray(q[name].T)  # noqa: E731
     UTs = np.stack([t(n["U"]) for n in names[1:]]) if L > 1 else np.zeros((0, m, G))
-    WTs = np.stack([t(n["W"]) for n in names])
+    WTs = np.stack([t(n["W"], params) for n in names])
     bs = np.stack([p[n["b"]] for n in names])
     bhn = np.stack([p[n["bhn"]] for n in names]) if "bhn" in names[0] else np.zeros((L, m))
     arrays = (t("U"), UTs, WTs, bs, bhn)
@@ -554,7 +557,8 @@ def warm_up(dtype, spec, exercise: bool = False) -> None:
     """Compile (or load from the cache) the kernels a run of this model calls, and only those:
     training in its dtype (the exercise's kernels, or a block of a tiny model of its family: two
     streams, dropout, Adam; one compiled block serves every optimiser and layer count), sampling
-    and validation in float64, so that the run's first block measures training only."""
+    and validation (float64, W in the run's dtype: _packed), so that the run's first block
+    measures training only."""
     from charwise.models import ModelSpec
     from charwise.optim import make_optimizer
 
@@ -575,6 +579,7 @@ def warm_up(dtype, spec, exercise: bool = False) -> None:
         dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
         run_block(state, adam, data, starts, lengths, resets, np.empty(1), dropout)
     params = Params.init(ModelSpec(spec.family, K=3, m=2, layers=spec.layers), seed=0)
+    params = params.astype(np.dtype(dtype))
     sample(params, params.spec.zero_state(), 0, 2, np.full(2, 0.5))
     advance(params, params.spec.zero_state(), data[:2])
     evaluate(params, data)

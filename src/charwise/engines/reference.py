@@ -167,8 +167,8 @@ def _run(params: Params, x, state: tuple) -> tuple:
 
 def advance(params: Params, h0, x):
     """The state after reading the characters x from h0: a state tuple for a tuple, an h
-    alone for an h alone."""
-    state = as_state(params.spec, h0)
+    alone for an h alone (in float64, float32 weights upcast)."""
+    params, state = params.astype(np.float64), as_state(params.spec, h0)
     if not len(x):
         return state if isinstance(h0, tuple) else np.array(h0, dtype=np.float64)
     last, _ = _run(params, x, state)
@@ -204,8 +204,9 @@ def draw(p: np.ndarray, u: float) -> int:
 def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p=1.0, stop=-1):
     """n indices drawn one at a time, each fed back; ends early after drawing `stop`.
 
-    h0: the starting state (a tuple of (L, 1, m) arrays, or an h alone)."""
-    state, x = as_state(params.spec, h0), int(x0)
+    h0: the starting state (a tuple of (L, 1, m) arrays, or an h alone). In float64, float32
+    weights upcast (as evaluate)."""
+    params, state, x = params.astype(np.float64), as_state(params.spec, h0), int(x0)
     out = []
     for i in range(n):
         state, O = _run(params, [x], state)
