@@ -274,7 +274,8 @@ def as_float64(state: TrainState) -> TrainState:
 
 # float32 against the float64 reference on the same float32 values: float32 rounding (eps 6e-8)
 # grows through sums of ~m terms and the recurrence over tau = 10 steps, and dL/dW sums
-# B x tau products; measured at most 4.4e-7 in the test below, bound with a factor ~20 of margin.
+# B x tau products; the gates are float32 to a few ulp (numerics._tanh32, _sigmoid32); measured
+# at most 5.1e-7 in the test below (4.4e-7 with float64 gates), bound with a factor ~20 of margin.
 REL32 = 1e-5
 FAST_PAIRS = [p for p in PAIRS if p.values[0] == "fast"]
 

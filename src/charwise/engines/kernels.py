@@ -7,18 +7,18 @@ cell_backward, chosen while compiling from the family's tag): numba compiles the
 block once per family and dtype, only for the family in use, and caches each. Per step, the
 recurrent product of all streams is one BLAS call (np.dot, row-major (B, m) states) and the
 gates are computed by a vectorisable sigmoid and tanh (engines/numerics.py: no libm call per
-entry, float64 inside whatever the dtype); the LSTM keeps tanh(c_t) from its forward pass for
-the backward one. Around the cells, _loss_and_grads does what reference.loss_and_grads_batch
-does, with products over all steps at once (dL/dh^L_t for every t is one product), softmax and
-loss in one pass (float64 inside), and the input weights' gradient gathered by a loop (numpy's
-np.add.at is ten times slower). _block is the loop of reference.run_block around it: chunks,
-resets, dropout masks from draws taken before the call, the finite check, the smooth loss and
-best snapshot, and each optimiser's step.
+entry; float32 arithmetic for float32 arrays, else float64); the LSTM keeps tanh(c_t) from its
+forward pass for the backward one. Around the cells, _loss_and_grads does what
+reference.loss_and_grads_batch does, with products over all steps at once (dL/dh^L_t for every
+t is one product), softmax and loss in one pass (float64 inside), and the input weights'
+gradient gathered by a loop (numpy's np.add.at is ten times slower). _block is the loop of
+reference.run_block around it: chunks, resets, dropout masks from draws taken before the call,
+the finite check, the smooth loss and best snapshot, and each optimiser's step.
 
 Rounding: the reference's sums in other orders (BLAS), fused multiply-adds (numerics.FASTMATH)
 and the exp and tanh of numerics (a few ulp): float64 results equal the reference's to ~1e-13.
-In float32 every array is float32 and only the loss, softmax and nonlinearities are evaluated
-in float64 before being rounded.
+In float32 every array is float32; the nonlinearities are float32 to a few ulp (numerics), the
+loss and softmax are evaluated in float64 before being rounded.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ import math
 
 import numpy as np
 
-from charwise.engines.numerics import _all_finite, _nll, _sigmoid, _smooth, _tanh, jit, numba
+from charwise.engines.numerics import _all_finite, _nll, _smooth, jit, numba, sigmoid, tanh
 from charwise.params import Params
+
+# 1 as a float32: a float32 operand stays float32 (a float64 1.0 would promote it); for float64
+# arrays it promotes exactly, so float64 results are as with 1.0.
+ONE = np.float32(1.0)
 
 
 @jit
@@ -50,7 +54,7 @@ def _rnn_forward(Ux, W, b, h0, H):
         for k in range(B):
             for j in range(m):
                 a[k, j] = (a[k, j] + Ux[t, k, j]) + b[j]
-            _tanh(a[k], h[k])
+            tanh(a[k], h[k])
         _copy(H[t], h)
 
 
@@ -61,7 +65,7 @@ def _rnn_backward(dH, H, W, dA):
     for t in range(T - 1, -1, -1):
         for k in range(B):
             for j in range(m):
-                dA[t, k, j] = (dH[t, k, j] + dnext[k, j]) * (1.0 - H[t, k, j] ** 2)
+                dA[t, k, j] = (dH[t, k, j] + dnext[k, j]) * (ONE - H[t, k, j] * H[t, k, j])
         np.dot(dA[t], W, dnext)
 
 
@@ -78,12 +82,12 @@ def _lstm_forward(Ux, W, b, h0, c0, H, C, TC, gates):
             zk, gk = z[k], gates[t, k]
             for j in range(m4):
                 zk[j] = (zk[j] + Ux[t, k, j]) + b[j]
-            _sigmoid(zk[: 2 * m], gk[: 2 * m])
-            _tanh(zk[2 * m : 3 * m], gk[2 * m : 3 * m])
-            _sigmoid(zk[3 * m :], gk[3 * m :])
+            sigmoid(zk[: 2 * m], gk[: 2 * m])
+            tanh(zk[2 * m : 3 * m], gk[2 * m : 3 * m])
+            sigmoid(zk[3 * m :], gk[3 * m :])
             for j in range(m):
                 c[k, j] = gk[m + j] * c[k, j] + gk[j] * gk[2 * m + j]
-            _tanh(c[k], TC[t, k])
+            tanh(c[k], TC[t, k])
             for j in range(m):
                 h[k, j] = gk[3 * m + j] * TC[t, k, j]
         _copy(H[t], h)
@@ -103,11 +107,11 @@ def _lstm_backward(dH, H, C, TC, gates, c0, W, dZ):
                 i, f, g, o = gk[j], gk[m + j], gk[2 * m + j], gk[3 * m + j]
                 tc = TC[t, k, j]
                 dh = dH[t, k, j] + dh_next[k, j]
-                dc = dc_next[k, j] + dh * o * (1.0 - tc * tc)
-                dz[j] = dc * g * i * (1.0 - i)
-                dz[m + j] = dc * c_prev[k, j] * f * (1.0 - f)
-                dz[2 * m + j] = dc * i * (1.0 - g * g)
-                dz[3 * m + j] = dh * tc * o * (1.0 - o)
+                dc = dc_next[k, j] + dh * o * (ONE - tc * tc)
+                dz[j] = dc * g * i * (ONE - i)
+                dz[m + j] = dc * c_prev[k, j] * f * (ONE - f)
+                dz[2 * m + j] = dc * i * (ONE - g * g)
+                dz[3 * m + j] = dh * tc * o * (ONE - o)
                 dc_next[k, j] = dc * f
         np.dot(dZ[t], W, dh_next)
 
@@ -126,14 +130,14 @@ def _gru_forward(Ux, W, b, bhn, h0, H, gates, Hn):
             gk = gates[t, k]
             for j in range(2 * m):
                 wh[k, j] = (Ux[t, k, j] + b[j]) + wh[k, j]
-            _sigmoid(wh[k, : 2 * m], gk[: 2 * m])
+            sigmoid(wh[k, : 2 * m], gk[: 2 * m])
             for j in range(m):
                 Hn[t, k, j] = wh[k, 2 * m + j] + bhn[j]
                 a[j] = (Ux[t, k, 2 * m + j] + b[2 * m + j]) + gk[j] * Hn[t, k, j]
-            _tanh(a, gk[2 * m :])
+            tanh(a, gk[2 * m :])
             for j in range(m):
                 z, n = gk[m + j], gk[2 * m + j]
-                h[k, j] = (1.0 - z) * n + z * h[k, j]
+                h[k, j] = (ONE - z) * n + z * h[k, j]
         _copy(H[t], h)
 
 
@@ -149,9 +153,9 @@ def _gru_backward(dH, H, gates, Hn, h0, W, dX, dWh):
             for j in range(m):
                 r, z, n = gk[j], gk[m + j], gk[2 * m + j]
                 dh = dH[t, k, j] + dh_next[k, j]
-                dn = dh * (1.0 - z) * (1.0 - n * n)
-                dX[t, k, j] = dn * Hn[t, k, j] * r * (1.0 - r)
-                dX[t, k, m + j] = dh * (h_prev[k, j] - n) * z * (1.0 - z)
+                dn = dh * (ONE - z) * (ONE - n * n)
+                dX[t, k, j] = dn * Hn[t, k, j] * r * (ONE - r)
+                dX[t, k, m + j] = dh * (h_prev[k, j] - n) * z * (ONE - z)
                 dX[t, k, 2 * m + j] = dn
                 dWh[t, k, j] = dX[t, k, j]
                 dWh[t, k, m + j] = dX[t, k, m + j]

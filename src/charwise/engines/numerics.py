@@ -127,6 +127,87 @@ def _sigmoid(a, out):
         out[i] = s if v >= 0.0 else e * s if v < 0.0 else v
 
 
+# ---- float32 versions for float32 arrays: the same methods, float32 arithmetic, fewer terms ----
+# (16 lanes instead of 8, and the conversions gone). Every constant is a float32 (numba would
+# promote a float32 operand of a float64 constant to float64).
+F32 = np.float32
+TANH_CUT32 = F32(9.0)  # tanh(9) = 1 - 3.0e-8 rounds to 1.0 in float32
+TANH_HALVINGS32 = 6  # |x| <= 18 / 2^6: the Taylor series to x^7 / 7! leaves < 4e-9
+EXP_MIN32 = F32(-87.0)  # exp(-87) = 1.6e-38, still a normal float32
+LOG2E32, HALF32, ONE32, TWO32 = F32(LOG2E), F32(0.5), F32(1.0), F32(2.0)
+LN2_HI32 = F32(0.693359375)  # 355 / 512: k * LN2_HI32 is exact for |k| <= 127
+LN2_LO32 = F32(math.log(2.0) - 0.693359375)
+INV_FACTORIAL32 = INV_FACTORIAL.astype(np.float32)
+POW2_32 = np.ldexp(F32(1.0), np.arange(-126, 1)).astype(np.float32)  # 2^k, indexed by k + 126
+
+
+@jit
+def _taylor32(x, top, low):
+    s = INV_FACTORIAL32[top]
+    for n in range(top - 1, low - 1, -1):
+        s = s * x + INV_FACTORIAL32[n]
+    return s
+
+
+@jit
+def _tanh32(a, out):
+    """_tanh for float32 a and out, in float32 arithmetic, to a few float32 ulp."""
+    for i in range(a.size):
+        v = a[i]
+        y = abs(v)
+        if y > TANH_CUT32:
+            y = TANH_CUT32
+        x = y * F32(-2.0 / 2.0**TANH_HALVINGS32)
+        e = _taylor32(x, 7, 1) * x
+        for _ in range(TANH_HALVINGS32):
+            e = e * (e + TWO32)
+        t = -e / (TWO32 + e)
+        out[i] = t if v >= 0.0 else -t if v < 0.0 else v
+
+
+@jit
+def _sigmoid32(a, out):
+    """_sigmoid for float32 a and out, in float32 arithmetic, to a few float32 ulp."""
+    for i in range(a.size):
+        v = a[i]
+        w = -abs(v)
+        w = w if w >= EXP_MIN32 else EXP_MIN32 if w < EXP_MIN32 else w
+        k = np.floor(w * LOG2E32 + HALF32)
+        r = (w - k * LN2_HI32) - k * LN2_LO32
+        j = int(k) + 126 if w == w else 0
+        e = _taylor32(r, 7, 0) * POW2_32[j]
+        s = ONE32 / (ONE32 + e)
+        out[i] = s if v >= 0.0 else e * s if v < 0.0 else v
+
+
+def tanh(a, out):
+    """out = tanh(a) (compiled code only): _tanh32 when both are float32, else _tanh."""
+    raise NotImplementedError
+
+
+def sigmoid(a, out):
+    """out = sigmoid(a) (compiled code only): _sigmoid32 when both are float32, else _sigmoid."""
+    raise NotImplementedError
+
+
+def _float32s(a, out) -> bool:
+    return a.dtype == numba.types.float32 and out.dtype == numba.types.float32
+
+
+@numba.extending.overload(tanh)
+def _tanh_by_dtype(a, out):
+    if _float32s(a, out):
+        return lambda a, out: _tanh32(a, out)
+    return lambda a, out: _tanh(a, out)
+
+
+@numba.extending.overload(sigmoid)
+def _sigmoid_by_dtype(a, out):
+    if _float32s(a, out):
+        return lambda a, out: _sigmoid32(a, out)
+    return lambda a, out: _sigmoid(a, out)
+
+
 @jit
 def _all_finite(a) -> bool:
     """No NaN or infinity in the 1-d array a (a branch-free count, so it vectorises)."""
