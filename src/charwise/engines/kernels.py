@@ -65,7 +65,7 @@ def _rnn_backward(dH, H, W, dA):
     for t in range(T - 1, -1, -1):
         for k in range(B):
             for j in range(m):
-                dA[t, k, j] = (dH[t, k, j] + dnext[k, j]) * (ONE - H[t, k, j] * H[t, k, j])
+                dA[t, k, j] = (dH[t, k, j] + dnext[k, j]) * (ONE - H[t, k, j] ** 2)
         np.dot(dA[t], W, dnext)
 
 
