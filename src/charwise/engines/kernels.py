@@ -388,7 +388,19 @@ def _clip(g, clip):
 
 
 @jit
+def _in(p, *values):
+    """The values as p's dtype, in an array: numpy's rule for a Python float meeting a float32
+    array (optim.py's steps run in the array's dtype), so that a float32 step is float32
+    arithmetic, as the reference's, and a float64 one unchanged."""
+    out = np.empty(len(values), p.dtype)
+    for i in range(len(values)):
+        out[i] = values[i]
+    return out
+
+
+@jit
 def _adagrad(p, g, G, lr, eps, clip):
+    lr, eps, clip = _in(p, lr, eps, clip)
     for i in range(p.size):
         gi = _clip(g[i], clip)
         G[i] = G[i] + gi * gi
@@ -397,19 +409,22 @@ def _adagrad(p, g, G, lr, eps, clip):
 
 @jit
 def _rmsprop(p, g, v, lr, eps, clip, alpha):
+    lr, eps, clip, alpha, rest = _in(p, lr, eps, clip, alpha, 1.0 - alpha)
     for i in range(p.size):
         gi = _clip(g[i], clip)
-        v[i] = alpha * v[i] + (1.0 - alpha) * gi * gi
+        v[i] = alpha * v[i] + rest * gi * gi
         p[i] = p[i] - lr * gi / (math.sqrt(v[i]) + eps)
 
 
 @jit
 def _adam(p, g, m, v, lr, eps, clip, beta1, beta2, t):
     c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
+    k = _in(p, lr, eps, clip, beta1, 1.0 - beta1, beta2, 1.0 - beta2, c1, c2)
+    lr, eps, clip, beta1, rest1, beta2, rest2, c1, c2 = k
     for i in range(p.size):
         gi = _clip(g[i], clip)
-        m[i] = beta1 * m[i] + (1.0 - beta1) * gi
-        v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi
+        m[i] = beta1 * m[i] + rest1 * gi
+        v[i] = beta2 * v[i] + rest2 * gi * gi
         p[i] = p[i] - lr * (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
 
 
