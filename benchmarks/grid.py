@@ -6,8 +6,9 @@ Rows: the exercise against the classic numpy loop (as `charwise bench`), then LS
 models against PyTorch on the CPU (as `charwise bench --model ...`: reference, fast float64,
 fast float32, torch float32 with one thread and with all), training, sampling (one stream,
 one character at a time) and validation in characters per second, interleaved repetitions,
-medians. The machine's nominal float32 peak (cores x clock x 16 lanes x 2 flops x 2 FMA units,
-AVX-512) and a measured one (numpy's sgemm, 2048^3) put the large cases in proportion.
+medians. The machine's float32 peak, measured (numpy's sgemm, 2048^3) and nominal (cores x
+clock x 16 lanes x 2 flops x 2 FMA units, AVX-512), puts the large cases in proportion; the
+machine line names the BLAS kernels that ran (OPENBLAS_CORETYPE changes them: README, "Speed").
 """
 
 from __future__ import annotations
@@ -125,8 +126,10 @@ def main() -> None:
             f"corpus {corpus.name} ({len(corpus):,} characters, K = {len(corpus.vocab)}); "
             f"median of {args.repeats} interleaved repetitions",
             f"machine: {bench.machine()}; {versions}",
-            f"float32 peak: nominal {nominal:.0f} GFLOP/s (cores x clock x 16 lanes x 2 flops x "
-            f"2 FMA units), measured {measured:.0f} GFLOP/s (numpy sgemm 2048^3)",
+            f"float32 peak: measured {measured:.0f} GFLOP/s (numpy's sgemm 2048^3, with the "
+            f"kernels named above); nominal {nominal:.0f} GFLOP/s at the clock /proc/cpuinfo "
+            "reports (cores x clock x 16 lanes x 2 flops x 2 FMA units), which cores that run "
+            "faster under load exceed",
             "",
             *exercise(corpus, args.repeats),
             "",
