@@ -64,11 +64,12 @@ POW2 = np.ldexp(1.0, np.arange(-1022, 1))  # 2^k for k = -1022 .. 0, indexed by 
 
 
 @jit
-def _taylor(x, top, low):
-    """sum over n = low .. top of x^(n - low) / n!, by Horner's rule from n = top down."""
-    s = INV_FACTORIAL[top]
+def _taylor(x, top, low, inv_factorial=INV_FACTORIAL):
+    """sum over n = low .. top of x^(n - low) / n!, by Horner's rule from n = top down, in the
+    dtype of inv_factorial (1/n!)."""
+    s = inv_factorial[top]
     for n in range(top - 1, low - 1, -1):
-        s = s * x + INV_FACTORIAL[n]
+        s = s * x + inv_factorial[n]
     return s
 
 
@@ -142,14 +143,6 @@ POW2_32 = np.ldexp(F32(1.0), np.arange(-126, 1)).astype(np.float32)  # 2^k, inde
 
 
 @jit
-def _taylor32(x, top, low):
-    s = INV_FACTORIAL32[top]
-    for n in range(top - 1, low - 1, -1):
-        s = s * x + INV_FACTORIAL32[n]
-    return s
-
-
-@jit
 def _tanh32(a, out):
     """_tanh for float32 a and out, in float32 arithmetic, to a few float32 ulp."""
     for i in range(a.size):
@@ -158,7 +151,7 @@ def _tanh32(a, out):
         if y > TANH_CUT32:
             y = TANH_CUT32
         x = y * F32(-2.0 / 2.0**TANH_HALVINGS32)
-        e = _taylor32(x, 7, 1) * x
+        e = _taylor(x, 7, 1, INV_FACTORIAL32) * x
         for _ in range(TANH_HALVINGS32):
             e = e * (e + TWO32)
         t = -e / (TWO32 + e)
@@ -175,7 +168,7 @@ def _sigmoid32(a, out):
         k = np.floor(w * LOG2E32 + HALF32)
         r = (w - k * LN2_HI32) - k * LN2_LO32
         j = int(k) + 126 if w == w else 0
-        e = _taylor32(r, 7, 0) * POW2_32[j]
+        e = _taylor(r, 7, 0, INV_FACTORIAL32) * POW2_32[j]
         s = ONE32 / (ONE32 + e)
         out[i] = s if v >= 0.0 else e * s if v < 0.0 else v
 
