@@ -506,16 +506,16 @@ def _packed(params: Params):
     parameters' dtype. A float32 weight is exactly a float64 one, so the products are the
     reference's (which upcasts), but each step's W h, a memory-bound product, reads half the
     bytes."""
-    spec, p = params.spec, _float64(params)
+    spec, p = params.spec, params
     G, m, L = spec.cell.GATES * spec.m, spec.m, spec.layers
     names = [spec.layer_names(layer) for layer in range(1, L + 1)]
-    t = lambda name, q=p: np.ascontiguousarray(q[name].T)  # noqa: E731
-    UTs = np.stack([t(n["U"]) for n in names[1:]]) if L > 1 else np.zeros((0, m, G))
-    WTs = np.stack([t(n["W"], params) for n in names])
-    bs = np.stack([p[n["b"]] for n in names])
-    bhn = np.stack([p[n["bhn"]] for n in names]) if "bhn" in names[0] else np.zeros((L, m))
-    arrays = (t("U"), UTs, WTs, bs, bhn)
-    return FAMILY_CODES[spec.family], arrays, t("V"), np.ascontiguousarray(p["c"])
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    UTs = f64(np.stack([p[n["U"]].T for n in names[1:]])) if L > 1 else np.zeros((0, m, G))
+    WTs = np.ascontiguousarray(np.stack([p[n["W"]].T for n in names]))
+    bs = f64(np.stack([p[n["b"]] for n in names]))
+    bhn = f64(np.stack([p[n["bhn"]] for n in names])) if "bhn" in names[0] else np.zeros((L, m))
+    arrays = (f64(p["U"].T), UTs, WTs, bs, bhn)
+    return FAMILY_CODES[spec.family], arrays, f64(p["V"].T), f64(p["c"])
 
 
 def _hc(spec, state) -> tuple[np.ndarray, np.ndarray]:

@@ -27,12 +27,17 @@ import math
 
 import numpy as np
 
-from charwise.engines.numerics import _all_finite, _nll, _smooth, jit, numba, sigmoid, tanh
+from charwise.engines.numerics import (
+    ONE32,  # the cells' 1 - x: float32 stays float32, float64 promotes it exactly (as 1.0)
+    _all_finite,
+    _nll,
+    _smooth,
+    jit,
+    numba,
+    sigmoid,
+    tanh,
+)
 from charwise.params import Params
-
-# 1 as a float32: a float32 operand stays float32 (a float64 1.0 would promote it); for float64
-# arrays it promotes exactly, so float64 results are as with 1.0.
-ONE = np.float32(1.0)
 
 
 @jit
@@ -65,7 +70,7 @@ def _rnn_backward(dH, H, W, dA):
     for t in range(T - 1, -1, -1):
         for k in range(B):
             for j in range(m):
-                dA[t, k, j] = (dH[t, k, j] + dnext[k, j]) * (ONE - H[t, k, j] ** 2)
+                dA[t, k, j] = (dH[t, k, j] + dnext[k, j]) * (ONE32 - H[t, k, j] ** 2)
         np.dot(dA[t], W, dnext)
 
 
@@ -107,11 +112,11 @@ def _lstm_backward(dH, H, C, TC, gates, c0, W, dZ):
                 i, f, g, o = gk[j], gk[m + j], gk[2 * m + j], gk[3 * m + j]
                 tc = TC[t, k, j]
                 dh = dH[t, k, j] + dh_next[k, j]
-                dc = dc_next[k, j] + dh * o * (ONE - tc * tc)
-                dz[j] = dc * g * i * (ONE - i)
-                dz[m + j] = dc * c_prev[k, j] * f * (ONE - f)
-                dz[2 * m + j] = dc * i * (ONE - g * g)
-                dz[3 * m + j] = dh * tc * o * (ONE - o)
+                dc = dc_next[k, j] + dh * o * (ONE32 - tc * tc)
+                dz[j] = dc * g * i * (ONE32 - i)
+                dz[m + j] = dc * c_prev[k, j] * f * (ONE32 - f)
+                dz[2 * m + j] = dc * i * (ONE32 - g * g)
+                dz[3 * m + j] = dh * tc * o * (ONE32 - o)
                 dc_next[k, j] = dc * f
         np.dot(dZ[t], W, dh_next)
 
@@ -137,7 +142,7 @@ def _gru_forward(Ux, W, b, bhn, h0, H, gates, Hn):
             tanh(a, gk[2 * m :])
             for j in range(m):
                 z, n = gk[m + j], gk[2 * m + j]
-                h[k, j] = (ONE - z) * n + z * h[k, j]
+                h[k, j] = (ONE32 - z) * n + z * h[k, j]
         _copy(H[t], h)
 
 
@@ -153,9 +158,9 @@ def _gru_backward(dH, H, gates, Hn, h0, W, dX, dWh):
             for j in range(m):
                 r, z, n = gk[j], gk[m + j], gk[2 * m + j]
                 dh = dH[t, k, j] + dh_next[k, j]
-                dn = dh * (ONE - z) * (ONE - n * n)
-                dX[t, k, j] = dn * Hn[t, k, j] * r * (ONE - r)
-                dX[t, k, m + j] = dh * (h_prev[k, j] - n) * z * (ONE - z)
+                dn = dh * (ONE32 - z) * (ONE32 - n * n)
+                dX[t, k, j] = dn * Hn[t, k, j] * r * (ONE32 - r)
+                dX[t, k, m + j] = dh * (h_prev[k, j] - n) * z * (ONE32 - z)
                 dX[t, k, 2 * m + j] = dn
                 dWh[t, k, j] = dX[t, k, j]
                 dWh[t, k, m + j] = dX[t, k, m + j]
