@@ -15,8 +15,9 @@ import pytest
 from charwise.bench import blas
 from charwise.corpus import Corpus, load_corpus
 from charwise.engines import fast, numerics, reference
+from charwise.models import ModelSpec
 from charwise.optim import CLIP, EPS, ETA, TrainState
-from charwise.params import RNNParams
+from charwise.params import Params, RNNParams
 from charwise.train import Schedule, TrainConfig, Trainer, read_samples
 from charwise.vocab import Vocab
 from conftest import english_like
@@ -264,6 +265,49 @@ def test_sampling_stops_after_the_stop_index_and_advance_matches():
     )
 
 
+# ---- large layers: their units in chunks, one per thread -------------------------------------
+@pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
+def test_chunked_steps_equal_one_thread_to_the_bit(monkeypatch, family):
+    """Sampling, advance and validation step a large layer's units in chunks, one per thread
+    (fast._layer_step); each entry is computed as by one thread, so any number of chunks gives
+    the same bits (and one chunk is the reference's results, tests/test_engines.py)."""
+    spec = ModelSpec(family, K=11, m=12, layers=2)
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 11, 1500).astype(np.uint8)
+    runs = [(0, 700), (700, 1500)]
+    uniforms = rng.random(400)
+    for dtype in (np.float64, np.float32):
+        params = Params.init(spec, seed=3).astype(dtype)
+        for a in params.arrays():  # weights spread as after training: varied samples
+            a += (rng.standard_normal(a.shape) * 0.3).astype(dtype)
+        results = []
+        for n in (1, 2, 3, 4):
+            monkeypatch.setattr(fast, "_chunks", lambda spec, n=n: n)
+            h0 = spec.zero_state()
+            drawn = fast.sample(params, h0, 1, 400, uniforms)
+            state = fast.advance(params, h0, data[:300])
+            results.append((drawn, *state, np.array(fast.evaluate(params, data, runs))))
+        assert len(set(results[0][0].tolist())) > 5
+        for chunked in results[1:]:
+            for got, want in zip(chunked, results[0], strict=True):
+                assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_chunks_follow_the_work_the_threads_and_omp_num_threads(monkeypatch):
+    monkeypatch.setattr(fast.numba, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(fast.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    chunks = lambda family, m: fast._chunks(ModelSpec(family, K=65, m=m))  # noqa: E731
+    assert chunks("lstm", 128) == chunks("gru", 256) == 1  # below PARALLEL_MIN
+    assert chunks("lstm", 256) == 2  # PARALLEL_MIN / 2 of work per chunk at least
+    assert chunks("lstm", 512) == chunks("rnn", 1024) == 4  # numba's threads
+    assert chunks("lstm", 257) == 1  # m = 257 is prime
+    monkeypatch.setattr(fast.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert chunks("lstm", 512) == 2  # three cores: the largest divisor of m up to 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert chunks("lstm", 512) == 1
+
+
 # ---- the trainer -------------------------------------------------------------------------------
 def train_run(tmp_path, capsys, engine: str, dtype: str = "float64"):
     """A Trainer run with small intervals; returns it and the update numbers it printed."""
@@ -312,6 +356,15 @@ def run_python(code: str, **env) -> str:
 def test_import_charwise_does_not_import_numba():
     code = "import sys, charwise, charwise.cli, charwise.train; print('numba' in sys.modules)"
     assert run_python(code) == "False"
+
+
+def test_openblas_idle_threads_sleep_soon_unless_the_user_says():
+    code = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
+    unset = (
+        "import os; os.environ.pop('OPENBLAS_THREAD_TIMEOUT', None); import charwise; " + code[10:]
+    )
+    assert run_python(unset) == "20"
+    assert run_python("import charwise; " + code, OPENBLAS_THREAD_TIMEOUT="26") == "26"
 
 
 def test_cache_dir_is_a_user_folder_only_for_a_read_only_package():

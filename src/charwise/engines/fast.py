@@ -12,7 +12,8 @@ the AdaGrad pass, and whole blocks of updates in one compiled call.
 
 Every other model (any family, layers, batch, dropout, optimiser, schedule, float64 or float32)
 trains by kernels.py (the reference's equations, every time loop compiled), and samples, advances
-and validates by this file's one-stream kernels for every model (_model_*).
+and validates by this file's one-stream kernels for every model (_model_*), which step a large
+layer's units in chunks on numba's threads (_layer_step), each entry computed as by one thread.
 
 Rounding: sums run in a fixed order (BLAS's for the four products, the same on every run
 on one machine) and multiply-adds may be fused (numerics.FASTMATH), so results differ from
@@ -23,6 +24,7 @@ detected exactly as by the reference.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from charwise.engines.numerics import (
     _tanh,
     jit,
     numba,  # set up there: its cache folder is chosen before its import
+    pjit,
 )
 from charwise.params import Params, RNNParams
 from charwise.state import TrainState
@@ -388,16 +391,16 @@ EVAL_PIECE = reference.EVAL_PIECE
 
 
 @jit
-def _cell_step(family, l, wz, u, b, bhn, h, c, z64):
-    """Layer l's state (h[l], c[l]) after one step, from wz = W h_{t-1} and u = the input term
-    (U u_t), both of G m entries (wz is overwritten); the gates as the model modules compute
-    them."""
-    m = h.shape[1]
-    hl, cl = h[l], c[l]
+def _cell_step(family, wz, u, b, bhn, h_prev, h, c, z64):
+    """The new state (h, and c in place for the lstm) of w units of a layer after one step,
+    from wz = W h_{t-1} (overwritten) and u = the input term U u_t over these units' gates
+    (GATES w entries each, gate-major: unit j's gates at j, w + j, ...) and h_prev, their
+    h_{t-1}; the gates as the model modules compute them. z64: scratch of GATES w."""
+    m = h.size
     if family == 0:  # rnn: tanh(W h + U u + b)
         for j in range(m):
             wz[j] = (wz[j] + u[j]) + b[j]
-        _tanh(wz[:m], hl)
+        _tanh(wz[:m], h)
     elif family == 1:  # lstm: i, f, g, o from W h + U u + b
         for j in range(4 * m):
             wz[j] = (wz[j] + u[j]) + b[j]
@@ -405,45 +408,90 @@ def _cell_step(family, l, wz, u, b, bhn, h, c, z64):
         _tanh(wz[2 * m : 3 * m], z64[2 * m : 3 * m])
         _sigmoid(wz[3 * m : 4 * m], z64[3 * m : 4 * m])
         for j in range(m):
-            cl[j] = z64[m + j] * cl[j] + z64[j] * z64[2 * m + j]
-        _tanh(cl, u[:m])
+            c[j] = z64[m + j] * c[j] + z64[j] * z64[2 * m + j]
+        _tanh(c, wz[:m])
         for j in range(m):
-            hl[j] = z64[3 * m + j] * u[j]
+            h[j] = z64[3 * m + j] * wz[j]
     else:  # gru: r, z from (U u + b) + W h; n = tanh(U_n u + b_n + r (W_n h + b_hn))
         for j in range(2 * m):
             wz[j] = (u[j] + b[j]) + wz[j]
         _sigmoid(wz[: 2 * m], z64[: 2 * m])
         for j in range(m):
             wz[2 * m + j] = (u[2 * m + j] + b[2 * m + j]) + z64[j] * (wz[2 * m + j] + bhn[j])
-        _tanh(wz[2 * m : 3 * m], u[:m])
+        _tanh(wz[2 * m : 3 * m], z64[2 * m : 3 * m])
         for j in range(m):
             z = z64[m + j]
-            hl[j] = (1.0 - z) * u[j] + z * hl[j]
+            h[j] = (1.0 - z) * z64[2 * m + j] + z * h_prev[j]
 
 
 @jit
-def _model_step(family, x, h, c, UT1, UTs, WTs, bs, bhn, wz, u, z64):
+def _layer_step(family, WT, UT, below, uin, b, bhn, h_prev, h, c, scratch):
+    """One layer's step: h (the new state; c in place for the lstm) from h_prev = h_{t-1}, its
+    units in len(WT) chunks (_chunked) stepped one per thread where there are several. Chunk
+    q holds the gates of units q w .. (q + 1) w - 1, gate-major: WT[q] = those columns of
+    W^T, b[q] of b, bhn[q] of b_hn. The input term is below @ UT[q] (the layer below's new h
+    through U^T), or uin[q] where UT has no entries. Each entry of W h is summed as by one
+    thread, so the results do not depend on the number of chunks. scratch: (chunks, 3,
+    GATES w) float64."""
+    args = (WT, UT, below, uin, b, bhn, h_prev, h, c, scratch)
+    if WT.shape[0] == 1:
+        _chunk_step(family, 0, *args)
+    else:
+        _parallel_step(family, *args)
+
+
+@pjit
+def _parallel_step(family, WT, UT, below, uin, b, bhn, h_prev, h, c, scratch):
+    for q in numba.prange(WT.shape[0]):
+        _chunk_step(family, q, WT, UT, below, uin, b, bhn, h_prev, h, c, scratch)
+
+
+@jit
+def _chunk_step(family, q, WT, UT, below, uin, b, bhn, h_prev, h, c, scratch):
+    """_layer_step's chunk q."""
+    n, m = WT.shape[:2]
+    w = m // n
+    wz, u, z64 = scratch[q, 0], scratch[q, 1], scratch[q, 2]
+    _matvec(wz, h_prev, WT[q])
+    if UT.shape[0]:
+        _matvec(u, below, UT[q])
+    else:
+        u = uin[q]
+    j = q * w
+    _cell_step(family, wz, u, b[q], bhn[q], h_prev[j : j + w], h[j : j + w], c[j : j + w], z64)
+
+
+@jit
+def _model_step(family, x, h, c, arrays, hn, scratch):
     """Every layer's state after reading character x (one stream, float64): layer 1 reads
-    row x of UT1 = U^T, layer l > 1 the new h of the layer below through UTs[l - 2]."""
+    row x of U^T, layer l > 1 the new h of the layer below through U^T; hn: scratch of m."""
+    UT1, UTs, WTs, bs, bhn = arrays
+    none = np.empty((0, 1, 1))
     for l in range(h.shape[0]):
-        _matvec(wz, h[l], WTs[l])
         if l == 0:
-            u[:] = UT1[x]
+            _layer_step(family, WTs[0], none, hn, UT1[x], bs[0], bhn[0], h[0], hn, c[0], scratch)
         else:
-            _matvec(u, h[l - 1], UTs[l - 1])
-        _cell_step(family, l, wz, u, bs[l], bhn[l], h, c, z64)
+            args = (family, WTs[l], UTs[l - 1], h[l - 1], UT1[x], bs[l], bhn[l], h[l], hn, c[l])
+            _layer_step(*args, scratch)
+        h[l] = hn
+
+
+@jit
+def _scratch(WTs):
+    """_model_step's hn and scratch."""
+    n, m, G = WTs.shape[1:]
+    return np.empty(m), np.empty((n, 3, G))
 
 
 @jit
 def _model_sample(family, h, c, arrays, VT, cb, x0, uniforms, temperature, top_p, stop, out):
     """_sample for every model: fills out[:n], returns how many were drawn."""
-    UT1, UTs, WTs, bs, bhn = arrays
-    G, K = WTs.shape[2], cb.size
-    wz, u, z64 = np.empty(G), np.empty(G), np.empty(max(G, K))
+    K = cb.size
+    hn, scratch = _scratch(arrays[2])
     o, p = np.empty(K), np.empty(K)
     x = x0
     for i in range(out.size):
-        _model_step(family, x, h, c, UT1, UTs, WTs, bs, bhn, wz, u, z64)
+        _model_step(family, x, h, c, arrays, hn, scratch)
         _matvec(o, h[-1], VT)
         for k in range(K):
             o[k] = o[k] + cb[k]
@@ -457,24 +505,25 @@ def _model_sample(family, h, c, arrays, VT, cb, x0, uniforms, temperature, top_p
 @jit
 def _model_advance(family, h, c, arrays, x):
     """h and c (every layer's) after reading the characters x."""
-    UT1, UTs, WTs, bs, bhn = arrays
-    G = WTs.shape[2]
-    wz, u, z64 = np.empty(G), np.empty(G), np.empty(G)
+    hn, scratch = _scratch(arrays[2])
     for t in range(x.size):
-        _model_step(family, x[t], h, c, UT1, UTs, WTs, bs, bhn, wz, u, z64)
+        _model_step(family, x[t], h, c, arrays, hn, scratch)
 
 
 @jit
 def _model_evaluate(family, L, arrays, VT, cb, data, runs):
     """_evaluate for every model: each run read from zero states, states carried, a piece of
     up to EVAL_PIECE steps at a time and layer by layer (as reference.evaluate), so that a
-    layer's input terms over the piece are one product (a gather for layer 1), and so are the
-    logits; only W h_{t-1} is a product per step."""
+    layer's input terms over the piece are one product per chunk (a gather for layer 1), and
+    so are the logits; only W h_{t-1} is a product per step."""
     UT1, UTs, WTs, bs, bhn = arrays
-    m, G, K, P = WTs.shape[1], WTs.shape[2], cb.size, EVAL_PIECE
+    n_q, m, G = WTs.shape[1:]
+    K, P = cb.size, EVAL_PIECE
     h, c = np.empty((L, m)), np.empty((L, m))
-    Ux, Hs, O = np.empty((P, G)), np.empty((P, m)), np.empty((P, K))
-    wz, z64 = np.empty(G), np.empty(max(G, 2 * K))
+    Ux, Hs, O = np.empty((P, n_q, G)), np.empty((P, m)), np.empty((P, K))
+    part, z64 = np.empty((P, G)), np.empty(2 * K)
+    hn, scratch = _scratch(WTs)
+    none = np.empty((0, 1, 1))
     total, count = 0.0, 0
     for r in range(len(runs)):
         h[:] = 0.0
@@ -486,12 +535,16 @@ def _model_evaluate(family, L, arrays, VT, cb, data, runs):
                 if l == 0:
                     for t in range(n):
                         Ux[t] = UT1[data[s + t]]
-                else:  # the layer below's states of the piece, through U
-                    np.dot(Hs[:n], UTs[l - 1], Ux[:n])
+                else:  # the layer below's states of the piece, through U^T, chunk by chunk
+                    for q in range(n_q):
+                        np.dot(Hs[:n], UTs[l - 1, q], part[:n])
+                        for t in range(n):
+                            Ux[t, q] = part[t]
                 for t in range(n):
-                    _matvec(wz, h[l], WTs[l])
-                    _cell_step(family, l, wz, Ux[t], bs[l], bhn[l], h, c, z64)
-                    Hs[t] = h[l]
+                    args = (family, WTs[l], none, hn, Ux[t], bs[l], bhn[l], h[l], hn, c[l])
+                    _layer_step(*args, scratch)
+                    h[l] = hn
+                    Hs[t] = hn
             np.dot(Hs[:n], VT, O[:n])
             for t in range(n):
                 total += _nll(O[t], cb, data[s + t + 1], z64)[0]
@@ -500,22 +553,60 @@ def _model_evaluate(family, L, arrays, VT, cb, data, runs):
     return total, count
 
 
+def _chunked(a: np.ndarray, gates: int, n: int) -> np.ndarray:
+    """The last axis of a (gates blocks of m units each) as n chunks of m / n units, each
+    gate-major: (..., gates * m) -> (..., n, gates * m / n), contiguous."""
+    *lead, G = a.shape
+    w = G // gates // n
+    split = a.reshape(*lead, gates, n, w)
+    return np.ascontiguousarray(np.moveaxis(split, -2, -3).reshape(*lead, n, gates * w))
+
+
+# Multiply-adds of W h per step from which a layer is stepped in chunks by several threads, and
+# the least each chunk gets: below it, the few microseconds that a parallel step costs more
+# than one thread's outweigh what it saves.
+PARALLEL_MIN = 4 * 256 * 256
+
+
+def _chunks(spec) -> int:
+    """How many chunks (threads) step each layer: at most numba's threads, OMP_NUM_THREADS
+    where set (a sweep's trial gets its share of the cores so) and the cores this process may
+    run on, one per PARALLEL_MIN / 2 of work, and a divisor of m; one below PARALLEL_MIN."""
+    work = spec.cell.GATES * spec.m * spec.m
+    if work < PARALLEL_MIN:
+        return 1
+    most = min(numba.get_num_threads(), len(os.sched_getaffinity(0)), work * 2 // PARALLEL_MIN)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        most = min(most, int(omp))
+    return max(n for n in range(1, most + 1) if spec.m % n == 0)
+
+
 def _packed(params: Params):
     """(family code, the layers' arrays (U^T of layer 1, U^T of layers 2.., W^T, b, b_hn),
-    V^T, c), contiguous, for the one-stream kernels: in float64 but W^T, kept in the
-    parameters' dtype. A float32 weight is exactly a float64 one, so the products are the
-    reference's (which upcasts), but each step's W h, a memory-bound product, reads half the
-    bytes."""
+    V^T, c) for the one-stream kernels, contiguous, in float64 but W^T, kept in the
+    parameters' dtype, and in chunks for the threads (_chunks, _layer_step). A float32
+    weight is exactly a float64 one, so the products are the reference's (which upcasts),
+    but each step's W h, a memory-bound product, reads half the bytes."""
     spec, p = params.spec, params
-    G, m, L = spec.cell.GATES * spec.m, spec.m, spec.layers
+    gates, m, L = spec.cell.GATES, spec.m, spec.layers
+    n = _chunks(spec)
     names = [spec.layer_names(layer) for layer in range(1, L + 1)]
-    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
-    UTs = f64(np.stack([p[n["U"]].T for n in names[1:]])) if L > 1 else np.zeros((0, m, G))
-    WTs = np.ascontiguousarray(np.stack([p[n["W"]].T for n in names]))
-    bs = f64(np.stack([p[n["b"]] for n in names]))
-    bhn = f64(np.stack([p[n["bhn"]] for n in names])) if "bhn" in names[0] else np.zeros((L, m))
-    arrays = (f64(p["U"].T), UTs, WTs, bs, bhn)
-    return FAMILY_CODES[spec.family], arrays, f64(p["V"].T), f64(p["c"])
+    layers = lambda key, first=0: np.stack([p[k[key]] for k in names[first:]])  # noqa: E731
+    f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+    chunk = lambda a: _chunked(a, gates, n)  # noqa: E731
+    # (L, G, m) weights -> (L, chunks, m, G / chunks): each chunk's columns of W^T (or U^T)
+    by_chunk = lambda a: np.ascontiguousarray(chunk(a.transpose(0, 2, 1)).transpose(0, 2, 1, 3))  # noqa: E731
+    UTs = by_chunk(f64(layers("U", 1))) if L > 1 else np.zeros((0, n, m, gates * m // n))
+    bhn = f64(layers("bhn")) if "bhn" in names[0] else np.zeros((L, m))
+    arrays = (
+        chunk(f64(p["U"].T)),
+        UTs,
+        by_chunk(layers("W")),
+        chunk(f64(layers("b"))),
+        np.ascontiguousarray(bhn.reshape(L, n, m // n)),
+    )
+    return FAMILY_CODES[spec.family], arrays, np.ascontiguousarray(f64(p["V"].T)), f64(p["c"])
 
 
 def _hc(spec, state) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,8 @@ FASTMATH = {"contract"}
 # IEEE division (x/0 = inf, as numpy) instead of Python's ZeroDivisionError check, whose
 # branch would keep every loop with a division from being vectorised.
 jit = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+# The same, for functions with a parallel loop (numba.prange) over numba's threads.
+pjit = numba.njit(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy", parallel=True)
 
 
 # Compiled eagerly for its signature: compiled on demand from a fastmath caller, numba would
