@@ -13,6 +13,9 @@ machine line names the BLAS kernels that ran (OPENBLAS_CORETYPE changes them: RE
 
 from __future__ import annotations
 
+import charwise  # noqa: F401  (first, as the command line: OpenBLAS's thread timeout, README)
+
+# isort: split
 import argparse
 import os
 import time
