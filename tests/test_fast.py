@@ -295,6 +295,7 @@ def test_chunked_steps_equal_one_thread_to_the_bit(monkeypatch, family):
 
 def test_chunks_follow_the_work_the_threads_and_omp_num_threads(monkeypatch):
     monkeypatch.setattr(fast.numba, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(fast.numba, "threading_layer", lambda: "omp")
     monkeypatch.setattr(fast.os, "sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     chunks = lambda family, m: fast._chunks(ModelSpec(family, K=65, m=m))  # noqa: E731
@@ -306,6 +307,26 @@ def test_chunks_follow_the_work_the_threads_and_omp_num_threads(monkeypatch):
     assert chunks("lstm", 512) == 2  # three cores: the largest divisor of m up to 3
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert chunks("lstm", 512) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(fast.numba, "threading_layer", lambda: "workqueue")  # not thread-safe
+    assert chunks("lstm", 512) == 1
+
+
+def test_chunked_sampling_from_several_threads_at_once(monkeypatch):
+    """The dashboard samples for several requests at once, each in a thread of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(fast, "PARALLEL_MIN", 1)  # a small model in chunks, as a large one
+    spec = ModelSpec("lstm", K=11, m=12, layers=2)
+    params = Params.init(spec, seed=4)
+    for a in params.arrays():
+        a += np.random.default_rng(6).standard_normal(a.shape) * 0.3
+    uniforms = np.random.default_rng(7).random((8, 3000))
+    draw = lambda u: fast.sample(params, spec.zero_state(), 1, len(u), u)  # noqa: E731
+    alone = [draw(u) for u in uniforms]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(draw, uniforms))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
 
 
 # ---- the trainer -------------------------------------------------------------------------------

@@ -571,11 +571,17 @@ PARALLEL_MIN = 4 * 256 * 256
 def _chunks(spec) -> int:
     """How many chunks (threads) step each layer: at most numba's threads, OMP_NUM_THREADS
     where set (a sweep's trial gets its share of the cores so) and the cores this process may
-    run on, one per PARALLEL_MIN / 2 of work, and a divisor of m; one below PARALLEL_MIN."""
+    run on, one per PARALLEL_MIN / 2 of work, and a divisor of m; one below PARALLEL_MIN, and
+    one where numba's threading layer is its own "workqueue" (its fallback where there is no
+    OpenMP or TBB library), which aborts the process when two threads start parallel work at
+    once (the dashboard samples for several requests at a time)."""
     work = spec.cell.GATES * spec.m * spec.m
     if work < PARALLEL_MIN:
         return 1
-    most = min(numba.get_num_threads(), len(os.sched_getaffinity(0)), work * 2 // PARALLEL_MIN)
+    threads = numba.get_num_threads()  # starts numba's threads: the layer is then known
+    if numba.threading_layer() == "workqueue":
+        return 1
+    most = min(threads, len(os.sched_getaffinity(0)), work * 2 // PARALLEL_MIN)
     omp = os.environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
         most = min(most, int(omp))
