@@ -40,6 +40,7 @@ from charwise.engines.numerics import (
     jit,
     numba,  # set up there: its cache folder is chosen before its import
     pjit,
+    tanh,
 )
 from charwise.params import Params, RNNParams
 from charwise.state import TrainState
@@ -84,20 +85,21 @@ def _transpose(A, out):
 
 # ---- one chunk: loss, gradients, last hidden state --------------------------------------------
 @jit
-def _step(b, UT, WT, xt, h, out, z64):
+def _step(b, UT, WT, xt, h, out, z):
     """out = tanh(W h + U[:, xt] + b) for vectors h, out; WT = W^T, UT = U^T."""
     _matvec(out, h, WT)
-    _activate(b, UT, xt, out, z64)
+    _activate(b, UT, xt, out, z)
 
 
 @jit
-def _activate(b, UT, xt, a, z64):
-    """a = tanh(a + U[:, xt] + b) in place, where a holds W h on entry; UT = U^T."""
+def _activate(b, UT, xt, a, z):
+    """a = tanh(a + U[:, xt] + b) in place, where a holds W h on entry; UT = U^T; z: scratch
+    of a's dtype (tanh in float32 arithmetic for float32: numerics.tanh)."""
     for i in range(b.size):
         a[i] = a[i] + UT[xt, i] + b[i]
-    _tanh(a, z64[: b.size])
+    tanh(a, z[: b.size])
     for i in range(b.size):
-        a[i] = z64[i]
+        a[i] = z[i]
 
 
 @jit
@@ -114,8 +116,8 @@ def _loss_and_grads(b, c, UT, W, V, x, y, h0, ws, z64, grads) -> float:
     n, m, K = len(x), b.size, c.size
     _transpose(W, WT)
     H[0] = h0
-    for t in range(n):
-        _step(b, UT, WT, x[t], H[t], H[t + 1], z64)
+    for t in range(n):  # dA's spare row: scratch of the parameters' dtype until the backward
+        _step(b, UT, WT, x[t], H[t], H[t + 1], dA[n])
     np.dot(H[1 : n + 1], V.T, P[:n])  # logits o_t = V h_t + c, all steps at once
     L = 0.0
     for t in range(n):  # softmax and loss; then P[t] becomes dL/do_t = p_t - onehot(y_t)
