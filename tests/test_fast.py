@@ -305,6 +305,9 @@ def test_chunks_follow_the_work_the_threads_and_omp_num_threads(monkeypatch):
     assert chunks("lstm", 257) == 1  # m = 257 is prime
     monkeypatch.setattr(fast.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert chunks("lstm", 512) == 2  # three cores: the largest divisor of m up to 3
+    monkeypatch.delattr(fast.os, "sched_getaffinity")  # macOS has no affinity: all its cores
+    monkeypatch.setattr(fast.os, "cpu_count", lambda: 8)
+    assert chunks("lstm", 512) == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert chunks("lstm", 512) == 1
     monkeypatch.delenv("OMP_NUM_THREADS")

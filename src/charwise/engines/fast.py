@@ -583,7 +583,8 @@ def _chunks(spec) -> int:
     threads = numba.get_num_threads()  # starts numba's threads: the layer is then known
     if numba.threading_layer() == "workqueue":
         return 1
-    most = min(threads, len(os.sched_getaffinity(0)), work * 2 // PARALLEL_MIN)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    most = min(threads, cores or 1, work * 2 // PARALLEL_MIN)
     omp = os.environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
         most = min(most, int(omp))
