@@ -270,7 +270,7 @@ def test_sampling_stops_after_the_stop_index_and_advance_matches():
 def test_chunked_steps_equal_one_thread_to_the_bit(monkeypatch, family):
     """Sampling, advance and validation step a large layer's units in chunks, one per thread
     (fast._layer_step); each entry is computed as by one thread, so any number of chunks gives
-    the same bits (and one chunk is the reference's results, tests/test_engines.py)."""
+    the same bits (one chunk is what tests/test_engines.py compares with the reference)."""
     spec = ModelSpec(family, K=11, m=12, layers=2)
     rng = np.random.default_rng(5)
     data = rng.integers(0, 11, 1500).astype(np.uint8)
@@ -288,6 +288,7 @@ def test_chunked_steps_equal_one_thread_to_the_bit(monkeypatch, family):
             state = fast.advance(params, h0, data[:300])
             results.append((drawn, *state, np.array(fast.evaluate(params, data, runs))))
         assert len(set(results[0][0].tolist())) > 5
+        assert fast.numba.get_num_threads() == fast.numba.config.NUMBA_NUM_THREADS  # given back
         for chunked in results[1:]:
             for got, want in zip(chunked, results[0], strict=True):
                 assert got.dtype == want.dtype and np.array_equal(got, want)
@@ -319,17 +320,44 @@ def test_chunked_sampling_from_several_threads_at_once(monkeypatch):
     """The dashboard samples for several requests at once, each in a thread of its own."""
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(fast, "PARALLEL_MIN", 1)  # a small model in chunks, as a large one
-    spec = ModelSpec("lstm", K=11, m=12, layers=2)
-    params = Params.init(spec, seed=4)
-    for a in params.arrays():
-        a += np.random.default_rng(6).standard_normal(a.shape) * 0.3
+    spec, params = chunked_model(monkeypatch)
     uniforms = np.random.default_rng(7).random((8, 3000))
     draw = lambda u: fast.sample(params, spec.zero_state(), 1, len(u), u)  # noqa: E731
     alone = [draw(u) for u in uniforms]
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(draw, uniforms))
     assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX's")
+def test_a_forked_child_steps_on_one_thread(monkeypatch):
+    """numba's OpenMP layer (GNU libgomp) kills a forked child of a process that ran parallel
+    work when the child starts some; the child steps on one thread instead, with the same
+    results."""
+    spec, params = chunked_model(monkeypatch)
+    uniforms = np.random.default_rng(8).random(2000)
+    want = fast.sample(params, spec.zero_state(), 1, 2000, uniforms)  # parallel in the parent
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it drew the same characters
+        got = fast.sample(params, spec.zero_state(), 1, 2000, uniforms)
+        os._exit(0 if np.array_equal(got, want) and fast._chunks(spec) == 1 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def chunked_model(monkeypatch):
+    """A small model stepped in chunks on several threads, as a large one is (the machine
+    permitting: two cores and numba's OpenMP or TBB layer)."""
+    monkeypatch.setattr(fast, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(fast, "PARALLEL_PID", [])
+    spec = ModelSpec("lstm", K=11, m=12, layers=2)
+    params = Params.init(spec, seed=4)
+    for a in params.arrays():
+        a += np.random.default_rng(6).standard_normal(a.shape) * 0.3
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: nothing runs on several threads")
+    assert fast._chunks(spec) > 1
+    return spec, params
 
 
 # ---- the trainer -------------------------------------------------------------------------------

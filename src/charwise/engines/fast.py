@@ -23,6 +23,7 @@ detected exactly as by the reference.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -464,11 +465,11 @@ def _chunk_step(family, q, WT, UT, below, uin, b, bhn, h_prev, h, c, scratch):
 
 
 @jit
-def _model_step(family, x, h, c, arrays, hn, scratch):
+def _model_step(family, x, h, c, arrays, work):
     """Every layer's state after reading character x (one stream, float64): layer 1 reads
-    row x of U^T, layer l > 1 the new h of the layer below through U^T; hn: scratch of m."""
-    UT1, UTs, WTs, bs, bhn = arrays
-    none = np.empty((0, 1, 1))
+    row x of U^T, layer l > 1 the new h of the layer below through U^T; work: _scratch."""
+    UT1, UTs, WTs, bs, bhn = arrays[:5]
+    hn, scratch, none = work
     for l in range(h.shape[0]):
         if l == 0:
             _layer_step(family, WTs[0], none, hn, UT1[x], bs[0], bhn[0], h[0], hn, c[0], scratch)
@@ -480,20 +481,21 @@ def _model_step(family, x, h, c, arrays, hn, scratch):
 
 @jit
 def _scratch(WTs):
-    """_model_step's hn and scratch."""
+    """What _model_step writes: the new h of a layer, _layer_step's scratch, and an empty U^T
+    (layer 1's input term is a row of U^T)."""
     n, m, G = WTs.shape[1:]
-    return np.empty(m), np.empty((n, 3, G))
+    return np.empty(m), np.empty((n, 3, G)), np.empty((0, 1, 1))
 
 
 @jit
 def _model_sample(family, h, c, arrays, VT, cb, x0, uniforms, temperature, top_p, stop, out):
     """_sample for every model: fills out[:n], returns how many were drawn."""
     K = cb.size
-    hn, scratch = _scratch(arrays[2])
+    work = _scratch(arrays[2])
     o, p = np.empty(K), np.empty(K)
     x = x0
     for i in range(out.size):
-        _model_step(family, x, h, c, arrays, hn, scratch)
+        _model_step(family, x, h, c, arrays, work)
         _matvec(o, h[-1], VT)
         for k in range(K):
             o[k] = o[k] + cb[k]
@@ -507,25 +509,26 @@ def _model_sample(family, h, c, arrays, VT, cb, x0, uniforms, temperature, top_p
 @jit
 def _model_advance(family, h, c, arrays, x):
     """h and c (every layer's) after reading the characters x."""
-    hn, scratch = _scratch(arrays[2])
+    work = _scratch(arrays[2])
     for t in range(x.size):
-        _model_step(family, x[t], h, c, arrays, hn, scratch)
+        _model_step(family, x[t], h, c, arrays, work)
 
 
 @jit
 def _model_evaluate(family, L, arrays, VT, cb, data, runs):
     """_evaluate for every model: each run read from zero states, states carried, a piece of
     up to EVAL_PIECE steps at a time and layer by layer (as reference.evaluate), so that a
-    layer's input terms over the piece are one product per chunk (a gather for layer 1), and
-    so are the logits; only W h_{t-1} is a product per step."""
-    UT1, UTs, WTs, bs, bhn = arrays
+    layer's input terms over the piece are one product (a gather for layer 1; the product by U^T
+    in its own order, whatever the chunks), and so are the logits; only W h_{t-1} is a product
+    per step."""
+    UT1, UTs, WTs, bs, bhn, UTn = arrays
     n_q, m, G = WTs.shape[1:]
     K, P = cb.size, EVAL_PIECE
     h, c = np.empty((L, m)), np.empty((L, m))
     Ux, Hs, O = np.empty((P, n_q, G)), np.empty((P, m)), np.empty((P, K))
-    part, z64 = np.empty((P, G)), np.empty(2 * K)
-    hn, scratch = _scratch(WTs)
-    none = np.empty((0, 1, 1))
+    full, z64 = np.empty((P, n_q * G)), np.empty(2 * K)
+    hn, scratch, none = _scratch(WTs)
+    gates, w = n_q * G // m, m // n_q
     total, count = 0.0, 0
     for r in range(len(runs)):
         h[:] = 0.0
@@ -537,11 +540,13 @@ def _model_evaluate(family, L, arrays, VT, cb, data, runs):
                 if l == 0:
                     for t in range(n):
                         Ux[t] = UT1[data[s + t]]
-                else:  # the layer below's states of the piece, through U^T, chunk by chunk
-                    for q in range(n_q):
-                        np.dot(Hs[:n], UTs[l - 1, q], part[:n])
-                        for t in range(n):
-                            Ux[t, q] = part[t]
+                else:  # the layer below's states of the piece through U^T, into the chunks
+                    np.dot(Hs[:n], UTn[l - 1], full[:n])
+                    for t in range(n):
+                        for q in range(n_q):
+                            for g in range(gates):
+                                for j in range(w):
+                                    Ux[t, q, g * w + j] = full[t, g * m + q * w + j]
                 for t in range(n):
                     args = (family, WTs[l], none, hn, Ux[t], bs[l], bhn[l], h[l], hn, c[l])
                     _layer_step(*args, scratch)
@@ -578,7 +583,7 @@ def _chunks(spec) -> int:
     OpenMP or TBB library), which aborts the process when two threads start parallel work at
     once (the dashboard samples for several requests at a time)."""
     work = spec.cell.GATES * spec.m * spec.m
-    if work < PARALLEL_MIN:
+    if work < PARALLEL_MIN or PARALLEL_PID[:1] not in ([], [os.getpid()]):
         return 1
     threads = numba.get_num_threads()  # starts numba's threads: the layer is then known
     if numba.threading_layer() == "workqueue":
@@ -588,15 +593,41 @@ def _chunks(spec) -> int:
     omp = os.environ.get("OMP_NUM_THREADS", "")
     if omp.isdigit() and int(omp) > 0:
         most = min(most, int(omp))
-    return max(n for n in range(1, most + 1) if spec.m % n == 0)
+    n = max(n for n in range(1, most + 1) if spec.m % n == 0)
+    if n > 1 and not PARALLEL_PID:
+        PARALLEL_PID.append(os.getpid())
+    return n
+
+
+# The process that stepped layers on several threads. numba's OpenMP layer (GNU libgomp) is not
+# fork-safe: a forked child of such a process is killed when it starts parallel work, so a
+# child steps on one thread.
+PARALLEL_PID: list[int] = []
+
+
+@contextlib.contextmanager
+def _team(arrays):
+    """numba's threads for this thread's parallel steps, as many as the chunks of the packed
+    arrays (numba would otherwise start all of its threads for each step, most of them idle)."""
+    n = arrays[2].shape[1]
+    if n < 2:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _packed(params: Params):
-    """(family code, the layers' arrays (U^T of layer 1, U^T of layers 2.., W^T, b, b_hn),
-    V^T, c) for the one-stream kernels, contiguous, in float64 but W^T, kept in the
-    parameters' dtype, and in chunks for the threads (_chunks, _layer_step). A float32
-    weight is exactly a float64 one, so the products are the reference's (which upcasts),
-    but each step's W h, a memory-bound product, reads half the bytes."""
+    """(family code, the layers' arrays (U^T of layer 1, U^T of layers 2.., W^T, b, b_hn, and
+    U^T of layers 2.. unchunked), V^T, c) for the one-stream kernels, contiguous, in float64
+    but W^T, kept in the parameters' dtype, and in chunks for the threads (_chunks,
+    _layer_step). A float32 weight is exactly a float64 one, so the products are the
+    reference's (which upcasts), but each step's W h, a memory-bound product, reads half the
+    bytes."""
     spec, p = params.spec, params
     gates, m, L = spec.cell.GATES, spec.m, spec.layers
     n = _chunks(spec)
@@ -607,6 +638,7 @@ def _packed(params: Params):
     # (L, G, m) weights -> (L, chunks, m, G / chunks): each chunk's columns of W^T (or U^T)
     by_chunk = lambda a: np.ascontiguousarray(chunk(a.transpose(0, 2, 1)).transpose(0, 2, 1, 3))  # noqa: E731
     UTs = by_chunk(f64(layers("U", 1))) if L > 1 else np.zeros((0, n, m, gates * m // n))
+    UTn = f64(layers("U", 1).transpose(0, 2, 1)) if L > 1 else np.zeros((0, m, gates * m))
     bhn = f64(layers("bhn")) if "bhn" in names[0] else np.zeros((L, m))
     arrays = (
         chunk(f64(p["U"].T)),
@@ -614,6 +646,7 @@ def _packed(params: Params):
         by_chunk(layers("W")),
         chunk(f64(layers("b"))),
         np.ascontiguousarray(bhn.reshape(L, n, m // n)),
+        np.ascontiguousarray(UTn),  # U^T of layers 2.. unchunked, for evaluation's products
     )
     return FAMILY_CODES[spec.family], arrays, np.ascontiguousarray(f64(p["V"].T)), f64(p["c"])
 
@@ -731,7 +764,8 @@ def advance(params: Params, h0, x):
     if not _kernel(params.spec):
         family, arrays, _, _ = _packed(params)
         h, c = _hc(params.spec, h0)
-        _model_advance(family, h, c, arrays, _indices(x))
+        with _team(arrays):
+            _model_advance(family, h, c, arrays, _indices(x))
         return _state(params.spec, h, c, h0)
     p = _float64(params)
     h = _advance(p.b, p.U, p.W, _h(h0), _indices(x))
@@ -748,7 +782,8 @@ def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p
     else:
         h, c = _hc(params.spec, h0)
         family, arrays, VT, cb = _packed(params)
-        done = _model_sample(family, h, c, arrays, VT, cb, *args)
+        with _team(arrays):
+            done = _model_sample(family, h, c, arrays, VT, cb, *args)
     return out[:done]
 
 
@@ -760,7 +795,8 @@ def evaluate(params: Params, data, runs=None) -> tuple[float, int]:
         total, count = _evaluate(*_float64(params).arrays(), data, runs)
     else:
         family, arrays, VT, cb = _packed(params)
-        total, count = _model_evaluate(family, params.spec.layers, arrays, VT, cb, data, runs)
+        with _team(arrays):
+            total, count = _model_evaluate(family, params.spec.layers, arrays, VT, cb, data, runs)
     return float(total), int(count)
 
 
