@@ -447,6 +447,30 @@ def test_read_only_package_compiles_once_into_the_user_cache(tmp_path):
     assert second.endswith(", 1)]")  # loaded from the cache, not compiled again
 
 
+@pytest.mark.slow
+def test_first_start_compiles_sampling_in_a_second_process(tmp_path):
+    """warm_up on a fresh cache: the sampling side (here the exercise's) is compiled by another
+    process beside training's, and this one loads it from the cache (on two cores or more)."""
+    code = (
+        "import numpy as np\n"
+        "from charwise.engines import fast\n"
+        "from charwise.models import ModelSpec\n"
+        "fast.warm_up(np.float64, ModelSpec('rnn', K=3, m=2), exercise=True)\n"
+        "hits = sum(f.stats.cache_hits.total() for f in (fast._sample, fast._evaluate))\n"
+        "misses = sum(f.stats.cache_misses.total() for f in (fast._sample, fast._evaluate))\n"
+        "print(hits, misses, fast._train_block.stats.cache_misses.total())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC), "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    hits, misses, block_misses = out.stdout.split()
+    assert block_misses == "1"  # training's kernels compiled here
+    if fast._cores() > 1:
+        assert (hits, misses) == ("2", "0")  # loaded: the other process compiled them
+    else:
+        assert (hits, misses) == ("0", "2")
+
+
 def bench(tmp_path, *args) -> subprocess.CompletedProcess:
     """What `charwise bench` prints for a small English-like corpus and args."""
     path = tmp_path / "corpus.txt"

@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -576,27 +578,32 @@ PARALLEL_MIN = 4 * 256 * 256
 
 
 def _chunks(spec) -> int:
-    """How many chunks (threads) step each layer: at most numba's threads, OMP_NUM_THREADS
-    where set (a sweep's trial gets its share of the cores so) and the cores this process may
-    run on, one per PARALLEL_MIN / 2 of work, and a divisor of m; one below PARALLEL_MIN, and
-    one where numba's threading layer is its own "workqueue" (its fallback where there is no
-    OpenMP or TBB library), which aborts the process when two threads start parallel work at
-    once (the dashboard samples for several requests at a time)."""
+    """How many chunks (threads) step each layer: at most numba's threads and _cores(), one per
+    PARALLEL_MIN / 2 of work, and a divisor of m; one below PARALLEL_MIN, one in a forked child
+    of a process that stepped on several threads (PARALLEL_PID), and one where numba's
+    threading layer is its own "workqueue" (its fallback where there is no OpenMP or TBB
+    library), which aborts the process when two threads start parallel work at once (the
+    dashboard samples for several requests at a time)."""
     work = spec.cell.GATES * spec.m * spec.m
     if work < PARALLEL_MIN or PARALLEL_PID[:1] not in ([], [os.getpid()]):
         return 1
     threads = numba.get_num_threads()  # starts numba's threads: the layer is then known
     if numba.threading_layer() == "workqueue":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    most = min(threads, cores or 1, work * 2 // PARALLEL_MIN)
-    omp = os.environ.get("OMP_NUM_THREADS", "")
-    if omp.isdigit() and int(omp) > 0:
-        most = min(most, int(omp))
+    most = min(threads, _cores(), work * 2 // PARALLEL_MIN)
     n = max(n for n in range(1, most + 1) if spec.m % n == 0)
     if n > 1 and not PARALLEL_PID:
         PARALLEL_PID.append(os.getpid())
     return n
+
+
+def _cores() -> int:
+    """The cores this process may use: those it may run on (all of them where the system does
+    not say: macOS), at most OMP_NUM_THREADS where set (a sweep's trial gets its share so)."""
+    aff = getattr(os, "sched_getaffinity", None)
+    cores = len(aff(0)) if aff else os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(omp)) if omp.isdigit() and int(omp) > 0 else cores
 
 
 # The process that stepped layers on several threads. numba's OpenMP layer (GNU libgomp) is not
@@ -677,9 +684,16 @@ def exercise(spec, optimizer, batch: int, dropout) -> bool:
 
 def cached(spec, exercise: bool = False) -> bool:
     """Whether numba's cache holds the kernels of this model (else the first call compiles them)."""
-    folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent
     names = ["fast._train_block" if exercise else "kernels._block"]
-    names.append("fast._evaluate" if _kernel(spec) else "fast._model_evaluate")
+    return _in_cache(names) and _sampling_cached(spec)
+
+
+def _sampling_cached(spec) -> bool:
+    return _in_cache(["fast._evaluate" if _kernel(spec) else "fast._model_evaluate"])
+
+
+def _in_cache(names) -> bool:
+    folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent
     return all(any(folder.glob(f"**/{name}-*.nbi")) for name in names)
 
 
@@ -691,32 +705,70 @@ def warm_up(dtype, spec, exercise: bool = False) -> None:
     training in its dtype (the exercise's kernels, or a block of a tiny model of its family: two
     streams, dropout, Adam; one compiled block serves every optimiser and layer count), sampling
     and validation (float64, W in the run's dtype: _packed), so that the run's first block
-    measures training only."""
+    measures training only. On a first start the sampling side compiles in a second process
+    (_compile_aside), beside training's, and is then loaded from the cache."""
     from charwise.models import ModelSpec
     from charwise.optim import make_optimizer
 
     key = (str(dtype), spec.family, exercise)
     if key in WARM:
         return
+    aside = _compile_aside(np.dtype(dtype), spec)
+    try:
+        data = np.array([0, 1, 2, 1, 0], dtype=np.uint8)
+        if exercise:
+            params = Params.init(ModelSpec("rnn", K=3, m=2), seed=0).astype(np.dtype(dtype))
+            state = TrainState.fresh(params)
+            one = np.zeros(1, dtype=np.int64)
+            train_block(state, data, one, one + 2, np.ones(1, bool), 0.1, 1e-8, 5.0, np.empty(1))
+        else:
+            tiny = Params.init(ModelSpec(spec.family, K=3, m=2, layers=2), seed=0).astype(dtype)
+            adam = make_optimizer("adam", 0.01)
+            state = TrainState.fresh(tiny, batch=2, opt=adam.init_state(tiny))
+            starts, lengths = np.array([[0, 1]]), np.array([[2, 1]])
+            dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
+            resets = np.ones((1, 2), bool)
+            run_block(state, adam, data, starts, lengths, resets, np.empty(1), dropout)
+    except BaseException:
+        if aside is not None:
+            aside.kill()
+        raise
+    if aside is not None:
+        aside.wait()  # its kernels are in the cache now (or, had it failed, compile below)
+    warm_sampling(np.dtype(dtype).name, spec.family, spec.layers)
+    WARM.add(key)
+
+
+def warm_sampling(dtype: str, family: str, layers: int) -> None:
+    """Compile (or load from the cache) the sampling, advance and validation kernels of a model
+    of this family, layer count and dtype."""
+    from charwise.models import ModelSpec
+
+    params = Params.init(ModelSpec(family, K=3, m=2, layers=layers), seed=0).astype(dtype)
     data = np.array([0, 1, 2, 1, 0], dtype=np.uint8)
-    if exercise:
-        params = Params.init(ModelSpec("rnn", K=3, m=2), seed=0).astype(np.dtype(dtype))
-        state = TrainState.fresh(params)
-        one = np.zeros(1, dtype=np.int64)
-        train_block(state, data, one, one + 2, np.ones(1, bool), 0.1, 1e-8, 5.0, np.empty(1))
-    else:
-        tiny = Params.init(ModelSpec(spec.family, K=3, m=2, layers=2), seed=0).astype(dtype)
-        adam = make_optimizer("adam", 0.01)
-        state = TrainState.fresh(tiny, batch=2, opt=adam.init_state(tiny))
-        starts, lengths, resets = np.array([[0, 1]]), np.array([[2, 1]]), np.ones((1, 2), bool)
-        dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
-        run_block(state, adam, data, starts, lengths, resets, np.empty(1), dropout)
-    params = Params.init(ModelSpec(spec.family, K=3, m=2, layers=spec.layers), seed=0)
-    params = params.astype(np.dtype(dtype))
     sample(params, params.spec.zero_state(), 0, 2, np.full(2, 0.5))
     advance(params, params.spec.zero_state(), data[:2])
     evaluate(params, data)
-    WARM.add(key)
+
+
+def _compile_aside(dtype, spec):
+    """A process compiling warm_sampling's kernels into numba's cache, while this one compiles
+    training's (a first start then takes the longer of the two, not their sum), or None where
+    that gains nothing: one core (_cores), or those kernels cached already. It imports this
+    charwise and writes to this process's cache folder."""
+    if _cores() < 2 or _sampling_cached(spec):
+        return None
+    import charwise
+
+    env = dict(os.environ)
+    source = str(Path(charwise.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([source, *filter(None, [env.get("PYTHONPATH")])])
+    if numba.config.CACHE_DIR:
+        env["NUMBA_CACHE_DIR"] = numba.config.CACHE_DIR
+    args = f"{dtype.name!r}, {spec.family!r}, {spec.layers}"
+    code = f"from charwise.engines import fast; fast.warm_sampling({args})"
+    quiet = subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=quiet, stderr=quiet)
 
 
 def _indices(x) -> np.ndarray:
