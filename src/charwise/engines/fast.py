@@ -470,7 +470,7 @@ def _chunk_step(family, q, WT, UT, below, uin, b, bhn, h_prev, h, c, scratch):
 def _model_step(family, x, h, c, arrays, work):
     """Every layer's state after reading character x (one stream, float64): layer 1 reads
     row x of U^T, layer l > 1 the new h of the layer below through U^T; work: _scratch."""
-    UT1, UTs, WTs, bs, bhn = arrays[:5]
+    UT1, UTs, WTs, bs, bhn = arrays
     hn, scratch, none = work
     for l in range(h.shape[0]):
         if l == 0:
@@ -523,7 +523,7 @@ def _model_evaluate(family, L, arrays, VT, cb, data, runs):
     layer's input terms over the piece are one product (a gather for layer 1; the product by U^T
     in its own order, whatever the chunks), and so are the logits; only W h_{t-1} is a product
     per step."""
-    UT1, UTs, WTs, bs, bhn, UTn = arrays
+    UT1, UTn, WTs, bs, bhn = arrays
     n_q, m, G = WTs.shape[1:]
     K, P = cb.size, EVAL_PIECE
     h, c = np.empty((L, m)), np.empty((L, m))
@@ -628,13 +628,12 @@ def _team(arrays):
         numba.set_num_threads(before)
 
 
-def _packed(params: Params):
-    """(family code, the layers' arrays (U^T of layer 1, U^T of layers 2.., W^T, b, b_hn, and
-    U^T of layers 2.. unchunked), V^T, c) for the one-stream kernels, contiguous, in float64
-    but W^T, kept in the parameters' dtype, and in chunks for the threads (_chunks,
-    _layer_step). A float32 weight is exactly a float64 one, so the products are the
-    reference's (which upcasts), but each step's W h, a memory-bound product, reads half the
-    bytes."""
+def _packed(params: Params, evaluation: bool = False):
+    """(family code, the layers' arrays (U^T of layer 1, U^T of layers 2.. (unchunked for
+    evaluation), W^T, b, b_hn), V^T, c) for the one-stream kernels, contiguous, in float64 but
+    W^T, kept in the parameters' dtype, and in chunks for the threads (_chunks, _layer_step).
+    A float32 weight is exactly a float64 one, so the products are the reference's (which
+    upcasts), but each step's W h, a memory-bound product, reads half the bytes."""
     spec, p = params.spec, params
     gates, m, L = spec.cell.GATES, spec.m, spec.layers
     n = _chunks(spec)
@@ -644,16 +643,17 @@ def _packed(params: Params):
     chunk = lambda a: _chunked(a, gates, n)  # noqa: E731
     # (L, G, m) weights -> (L, chunks, m, G / chunks): each chunk's columns of W^T (or U^T)
     by_chunk = lambda a: np.ascontiguousarray(chunk(a.transpose(0, 2, 1)).transpose(0, 2, 1, 3))  # noqa: E731
-    UTs = by_chunk(f64(layers("U", 1))) if L > 1 else np.zeros((0, n, m, gates * m // n))
-    UTn = f64(layers("U", 1).transpose(0, 2, 1)) if L > 1 else np.zeros((0, m, gates * m))
+    if evaluation:  # U^T of layers 2.. as it is: one product over a piece (_model_evaluate)
+        UT = f64(layers("U", 1).transpose(0, 2, 1)) if L > 1 else np.zeros((0, m, gates * m))
+    else:
+        UT = by_chunk(f64(layers("U", 1))) if L > 1 else np.zeros((0, n, m, gates * m // n))
     bhn = f64(layers("bhn")) if "bhn" in names[0] else np.zeros((L, m))
     arrays = (
         chunk(f64(p["U"].T)),
-        UTs,
+        np.ascontiguousarray(UT),
         by_chunk(layers("W")),
         chunk(f64(layers("b"))),
         np.ascontiguousarray(bhn.reshape(L, n, m // n)),
-        np.ascontiguousarray(UTn),  # U^T of layers 2.. unchunked, for evaluation's products
     )
     return FAMILY_CODES[spec.family], arrays, np.ascontiguousarray(f64(p["V"].T)), f64(p["c"])
 
@@ -846,7 +846,7 @@ def evaluate(params: Params, data, runs=None) -> tuple[float, int]:
     if _kernel(params.spec):
         total, count = _evaluate(*_float64(params).arrays(), data, runs)
     else:
-        family, arrays, VT, cb = _packed(params)
+        family, arrays, VT, cb = _packed(params, evaluation=True)
         with _team(arrays):
             total, count = _model_evaluate(family, params.spec.layers, arrays, VT, cb, data, runs)
     return float(total), int(count)
