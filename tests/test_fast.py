@@ -354,7 +354,7 @@ def chunked_model(monkeypatch):
     params = Params.init(spec, seed=4)
     for a in params.arrays():
         a += np.random.default_rng(6).standard_normal(a.shape) * 0.3
-    if (os.cpu_count() or 1) < 2:
+    if fast._cores() < 2:
         pytest.skip("one core: nothing runs on several threads")
     assert fast._chunks(spec) > 1
     return spec, params

@@ -528,7 +528,8 @@ def _model_evaluate(family, L, arrays, VT, cb, data, runs):
     K, P = cb.size, EVAL_PIECE
     h, c = np.empty((L, m)), np.empty((L, m))
     Ux, Hs, O = np.empty((P, n_q, G)), np.empty((P, m)), np.empty((P, K))
-    full, z64 = np.empty((P, n_q * G)), np.empty(2 * K)
+    full = np.empty((P if n_q > 1 else 0, n_q * G))  # the chunks' input terms in U^T's order
+    z64 = np.empty(2 * K)
     hn, scratch, none = _scratch(WTs)
     gates, w = n_q * G // m, m // n_q
     total, count = 0.0, 0
@@ -542,7 +543,9 @@ def _model_evaluate(family, L, arrays, VT, cb, data, runs):
                 if l == 0:
                     for t in range(n):
                         Ux[t] = UT1[data[s + t]]
-                else:  # the layer below's states of the piece through U^T, into the chunks
+                elif n_q == 1:  # the layer below's states of the piece through U^T
+                    np.dot(Hs[:n], UTn[l - 1], Ux[:n].reshape(n, G))
+                else:  # the same product, then into the chunks
                     np.dot(Hs[:n], UTn[l - 1], full[:n])
                     for t in range(n):
                         for q in range(n_q):
