@@ -3,8 +3,9 @@
 Same interface and semantics as engines.reference, checked against it to ~1e-10 relative
 (tests/test_fast.py). What makes it fast: index gathers instead of one-hot products, the
 sequence-wide products (logits, dV, dW, dH) done as matrix products over all steps at
-once by BLAS (np.dot in numba calls SciPy's BLAS; about 2.5x faster than a compiled loop
-at these sizes), register-friendly matrix-vector loops, a vectorisable tanh and exp,
+once and the recurrence's products one step at a time, both by explicit vector code that
+holds its sums in registers (engines/matvec.py: 2-3x faster than BLAS at these sizes, whose
+call and packing cost more than the arithmetic), a vectorisable tanh and exp,
 AdaGrad on the touched columns of U only (the others have a zero gradient, for which the
 step is exactly a no-op; U is held transposed during a block, so those columns are
 contiguous) with 1/sqrt by Newton steps, the best-model snapshot taken in
@@ -15,8 +16,8 @@ trains by kernels.py (the reference's equations, every time loop compiled), and 
 and validates by this file's one-stream kernels for every model (_model_*), which step a large
 layer's units in chunks on numba's threads (_layer_step), each entry computed as by one thread.
 
-Rounding: sums run in a fixed order (BLAS's for the four products, the same on every run
-on one machine) and multiply-adds may be fused (numerics.FASTMATH), so results differ from
+Rounding: sums run in a fixed order (engines/matvec.py's, the same on every run on one
+machine) and multiply-adds may be fused (numerics.FASTMATH), so results differ from
 numpy's in the last bits only (~1e-15); NaN/inf semantics are kept, so divergence is
 detected exactly as by the reference.
 """
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from charwise.engines import kernels, reference
+from charwise.engines.matvec import gemm, matvec
 from charwise.engines.numerics import (
     _all_finite,
     _exp_nonpositive,
@@ -51,33 +53,6 @@ from charwise.state import TrainState
 
 # ---- building blocks ------------------------------------------------------------------------
 @jit
-def _matvec(c, a, B):
-    """c = a @ B for vectors a, c, every entry summed over p in order; rows of B are the
-    vector axis, eight of them per pass over c so that loads do not outnumber multiply-adds.
-
-    A matrix-vector product is memory-bound (W: 80 KB in float64), so BLAS's gemv gains
-    nothing here and its call costs more; the sequence-wide products use BLAS (np.dot).
-    """
-    P, N = B.shape
-    c[:] = 0.0
-    p = 0
-    while p + 8 <= P:
-        a0, a1, a2, a3 = a[p], a[p + 1], a[p + 2], a[p + 3]
-        a4, a5, a6, a7 = a[p + 4], a[p + 5], a[p + 6], a[p + 7]
-        b0, b1, b2, b3 = B[p], B[p + 1], B[p + 2], B[p + 3]
-        b4, b5, b6, b7 = B[p + 4], B[p + 5], B[p + 6], B[p + 7]
-        for n in range(N):
-            s = c[n] + a0 * b0[n] + a1 * b1[n] + a2 * b2[n] + a3 * b3[n]
-            c[n] = s + a4 * b4[n] + a5 * b5[n] + a6 * b6[n] + a7 * b7[n]
-        p += 8
-    while p < P:
-        a0, b0 = a[p], B[p]
-        for n in range(N):
-            c[n] = c[n] + a0 * b0[n]
-        p += 1
-
-
-@jit
 def _transpose(A, out):
     """out = A.T (contiguous writes, strided reads: the faster way round here)."""
     R, N = A.shape
@@ -90,7 +65,7 @@ def _transpose(A, out):
 @jit
 def _step(b, UT, WT, xt, h, out, z):
     """out = tanh(W h + U[:, xt] + b) for vectors h, out; WT = W^T, UT = U^T."""
-    _matvec(out, h, WT)
+    matvec(out, h, WT)
     _activate(b, UT, xt, out, z)
 
 
@@ -110,18 +85,19 @@ def _loss_and_grads(b, c, UT, W, V, x, y, h0, ws, z64, grads) -> float:
     """L for one chunk; fills grads (db, dc, dU^T, dW, dV) from UT = U^T and the other
     parameters; dU^T only on the rows of x, which must be zero on entry.
 
-    ws = (WT, H, P, dH, dA) in the parameters' dtype: W^T, H (n+1, m) with H[0] = h0,
+    ws = (WT, VT, H, P, dH, dA) in the parameters' dtype: W^T, V^T, H (n+1, m) with H[0] = h0,
     logits then dL/do (n, K), V^T dL/do_t (n, m), dL/da_t (n + 1, m: one spare row);
     z64: float64 scratch.
     """
-    WT, H, P, dH, dA = ws
+    WT, VT, H, P, dH, dA = ws
     db, dc, dUT, dW, dV = grads
     n, m, K = len(x), b.size, c.size
     _transpose(W, WT)
+    _transpose(V, VT)
     H[0] = h0
     for t in range(n):  # dA's spare row: scratch of the parameters' dtype until the backward
         _step(b, UT, WT, x[t], H[t], H[t + 1], dA[n])
-    np.dot(H[1 : n + 1], V.T, P[:n])  # logits o_t = V h_t + c, all steps at once
+    gemm(H[1 : n + 1], VT, P[:n])  # logits o_t = V h_t + c, all steps at once
     L = 0.0
     for t in range(n):  # softmax and loss; then P[t] becomes dL/do_t = p_t - onehot(y_t)
         o = P[t]
@@ -135,8 +111,8 @@ def _loss_and_grads(b, c, UT, W, V, x, y, h0, ws, z64, grads) -> float:
     for t in range(n):
         for k in range(K):
             dc[k] = dc[k] + dO[t, k]
-    np.dot(dO.T, H[1 : n + 1], dV)  # dV = dO^T H
-    np.dot(dO, V, dH[:n])  # row t: V^T dL/do_t
+    gemm(dO.T, H[1 : n + 1], dV)  # dV = dO^T H
+    gemm(dO, V, dH[:n])  # row t: V^T dL/do_t
     dnext = dA[n]  # W^T dL/da_{t+1}, in the spare last row of dA
     dnext[:] = 0.0
     for t in range(n - 1, -1, -1):  # dL/da_t = (V^T dL/do_t + W^T dL/da_{t+1}) * (1 - h_t^2)
@@ -144,8 +120,8 @@ def _loss_and_grads(b, c, UT, W, V, x, y, h0, ws, z64, grads) -> float:
         for i in range(m):
             da[i] = (dH[t, i] + dnext[i]) * (1.0 - h[i] * h[i])
         if t > 0:
-            _matvec(dnext, da, W)
-    np.dot(dA[:n].T, H[:n], dW)  # dW = dA^T H_prev
+            matvec(dnext, da, W)
+    gemm(dA[:n].T, H[:n], dW)  # dW = dA^T H_prev
     db[:] = 0.0
     for t in range(n):
         for i in range(m):
@@ -184,13 +160,14 @@ def _adagrad(p, g, G, eta, eps, clip, snapshot, save, newton):
 
 @jit
 def _workspace(params, n):
-    """Scratch arrays for chunks of up to n characters: (WT, H, P, dH, dA), z64, grads
+    """Scratch arrays for chunks of up to n characters: (WT, VT, H, P, dH, dA), z64, grads
     (db, dc, dU^T, dW, dV)."""
     b, c, U, W, V = params
     m, K = b.size, c.size
     dt = b.dtype
     ws = (
         np.empty((m, m), dt),
+        np.empty((m, K), dt),
         np.empty((n + 1, m), dt),
         np.empty((n, K), dt),
         np.empty((n, m), dt),
@@ -268,7 +245,7 @@ def _train_block(
         for t in range(n):
             touched[x[t]] = False
             dUT[x[t]] = 0.0
-        h[:] = ws[1][n]
+        h[:] = ws[2][n]
         istate[0] += 1
     U[:] = UT.T
     G[2][:] = GUT.T
@@ -338,12 +315,12 @@ def _sample(b, c, U, W, V, h0, x0, uniforms, temperature, top_p, stop, out) -> i
     _transpose(V, B[:, m:])
     h, wv = h0.copy(), np.empty(m + K)
     o, p, z64 = np.empty(K), np.empty(K), np.empty(max(m, K))
-    _matvec(wv, h, B)
+    matvec(wv, h, B)
     x = x0
     for i in range(out.size):
         h[:] = wv[:m]
         _activate(b, UT, x, h, z64)  # h_t from W h_{t-1} and x
-        _matvec(wv, h, B)  # W h_t for the next step, and the logits V h_t
+        matvec(wv, h, B)  # W h_t for the next step, and the logits V h_t
         for k in range(K):
             o[k] = wv[m + k] + c[k]
         x = _draw(_probabilities(o, temperature, top_p, p), uniforms[i])
@@ -384,7 +361,7 @@ def _evaluate(b, c, U, W, V, data, runs):
         for s in range(runs[r, 0], runs[r, 1] - 1):
             _step(b, UT, WT, data[s], h, a, z64)
             h[:] = a
-            _matvec(o, h, VT)
+            matvec(o, h, VT)
             total += _nll(o, c, data[s + 1], z64)[0]
             count += 1
     return total, count
@@ -457,9 +434,9 @@ def _chunk_step(family, q, WT, UT, below, uin, b, bhn, h_prev, h, c, scratch):
     n, m = WT.shape[:2]
     w = m // n
     wz, u, z64 = scratch[q, 0], scratch[q, 1], scratch[q, 2]
-    _matvec(wz, h_prev, WT[q])
+    matvec(wz, h_prev, WT[q])
     if UT.shape[0]:
-        _matvec(u, below, UT[q])
+        matvec(u, below, UT[q])
     else:
         u = uin[q]
     j = q * w
@@ -498,7 +475,7 @@ def _model_sample(family, h, c, arrays, VT, cb, x0, uniforms, temperature, top_p
     x = x0
     for i in range(out.size):
         _model_step(family, x, h, c, arrays, work)
-        _matvec(o, h[-1], VT)
+        matvec(o, h[-1], VT)
         for k in range(K):
             o[k] = o[k] + cb[k]
         x = _draw(_probabilities(o, temperature, top_p, p), uniforms[i])
@@ -809,7 +786,7 @@ def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
     h = np.ascontiguousarray(np.reshape(h0[0] if isinstance(h0, tuple) else h0, -1), params.dtype)
     L = _loss_and_grads(*arrays, x, y, h, ws, z64, grads)
     db, dc, dUT, dW, dV = grads
-    h_last = ws[1][len(x)].copy()
+    h_last = ws[2][len(x)].copy()
     last = (h_last.reshape(1, 1, -1),) if isinstance(h0, tuple) else h_last
     return float(L), RNNParams(db, dc, dUT.T.copy(), dW, dV), last
 

@@ -1,0 +1,90 @@
+"""engines/matvec.py: the vector-code products against numpy, and the order of their sums."""
+
+import numpy as np
+import pytest
+
+from charwise.engines.matvec import PANEL, VECTOR_BYTES, gemm, matvec
+
+SHAPES_N = (1, 2, 3, 5, 8, 15, 16, 17, 31, 65, 100, 129, 300, 1024)
+
+
+def _bound(A, B, dtype):
+    """The rounding error bound of a sum of P products in dtype: P eps sum |a_p b_p|
+    (recursive summation with one rounding per multiply-add, and P = 0 exact)."""
+    P = B.shape[0]
+    eps = np.finfo(dtype).eps
+    return P * eps * (np.abs(A).astype(np.float64) @ np.abs(B).astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matvec_matches_numpy_within_the_rounding_bound(dtype):
+    rng = np.random.default_rng(1)
+    for P in (0, 1, 2, 3, 7, 100, 257):
+        for N in SHAPES_N:
+            B = rng.standard_normal((P, N)).astype(dtype)
+            a = rng.standard_normal(P).astype(dtype)
+            c = np.full(N, np.nan, dtype)
+            matvec(c, a, B)
+            exact = a.astype(np.float64) @ B.astype(np.float64)
+            assert np.all(np.abs(c - exact) <= _bound(a, B, dtype)), (P, N)
+
+
+def test_matvec_widens_float32_inputs_for_a_float64_result():
+    rng = np.random.default_rng(2)
+    for P, N in [(100, 100), (7, 33), (64, 5)]:
+        B = rng.standard_normal((P, N)).astype(np.float32)
+        a = rng.standard_normal(P)
+        c = np.empty(N)
+        matvec(c, a, B)
+        exact = a @ B.astype(np.float64)
+        assert np.all(np.abs(c - exact) <= _bound(a, B, np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matvec_columns_are_the_same_bits_however_they_are_split(dtype):
+    # what fast._layer_step's chunks rely on: a column's sum depends on the rows only
+    rng = np.random.default_rng(3)
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    for P in (1, 2, 25, 100, 255):
+        for N in (3, lanes - 1, lanes + 3, PANEL * lanes + 5, 2 * PANEL * lanes + 1):
+            B = rng.standard_normal((P, N)).astype(dtype)
+            a = rng.standard_normal(P).astype(dtype)
+            whole = np.empty(N, dtype)
+            matvec(whole, a, B)
+            for cut in sorted({1, 2, lanes, N // 2, N - 1} - {0, N}):
+                parts = np.empty(N, dtype)
+                matvec(parts[:cut], a, np.ascontiguousarray(B[:, :cut]))
+                matvec(parts[cut:], a, np.ascontiguousarray(B[:, cut:]))
+                assert np.array_equal(whole, parts), (P, N, cut)
+
+
+@pytest.mark.filterwarnings("ignore::numba.NumbaPerformanceWarning")  # strided A to BLAS
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_matches_numpy_within_the_rounding_bound(dtype):
+    rng = np.random.default_rng(4)
+    for M in (1, 3, 4, 5, 25, 65):
+        for P in (0, 1, 25, 100):
+            for N in (1, 15, 16, 17, 65, 100, 200):
+                A = rng.standard_normal((M, P)).astype(dtype)
+                B = rng.standard_normal((P, N)).astype(dtype)
+                for view in (A, np.asfortranarray(A), np.repeat(A, 2, axis=1)[:, ::2]):
+                    C = np.full((M, N), np.nan, dtype)
+                    gemm(view, B, C)
+                    exact = A.astype(np.float64) @ B.astype(np.float64)
+                    assert np.all(np.abs(C - exact) <= _bound(A, B, dtype)), (M, P, N)
+
+
+@pytest.mark.filterwarnings("ignore::numba.NumbaPerformanceWarning")
+def test_gemm_leaves_strided_rows_to_blas():
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((6, 40))
+    B = rng.standard_normal((40, 80))[:, ::2]  # rows not contiguous
+    C = np.empty((6, 40))
+    gemm(A, B, C)
+    assert np.allclose(C, A @ B, rtol=1e-13, atol=1e-13)
+
+
+def test_matvec_refuses_strided_rows():
+    B = np.ones((4, 20))[:, ::2]
+    with pytest.raises(ValueError, match="rows of B must be contiguous"):
+        matvec(np.empty(10), np.ones(4), B)
