@@ -282,7 +282,7 @@ def test_chunked_steps_equal_one_thread_to_the_bit(monkeypatch, family):
             a += (rng.standard_normal(a.shape) * 0.3).astype(dtype)
         results = []
         for n in (1, 2, 3, 4):
-            monkeypatch.setattr(fast, "_chunks", lambda spec, n=n: n)
+            monkeypatch.setattr(fast, "_chunks", lambda spec, batch=1, n=n: n)
             h0 = spec.zero_state()
             drawn = fast.sample(params, h0, 1, 400, uniforms)
             state = fast.advance(params, h0, data[:300])
@@ -304,6 +304,10 @@ def test_chunks_follow_the_work_the_threads_and_omp_num_threads(monkeypatch):
     assert chunks("lstm", 256) == 2  # PARALLEL_MIN / 2 of work per chunk at least
     assert chunks("lstm", 512) == chunks("rnn", 1024) == 4  # numba's threads
     assert chunks("lstm", 257) == 1  # m = 257 is prime
+    batch = lambda family, m, B: fast._chunks(ModelSpec(family, K=65, m=m), B)  # noqa: E731
+    assert batch("lstm", 128, 1) == batch("lstm", 32, 8) == 1  # training: the work of B streams
+    assert batch("lstm", 128, 4) == batch("gru", 256, 1) + 1 == 2
+    assert batch("lstm", 256, 32) == 4
     monkeypatch.setattr(fast.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     assert chunks("lstm", 512) == 2  # three cores: the largest divisor of m up to 3
     monkeypatch.delattr(fast.os, "sched_getaffinity")  # macOS has no affinity: all its cores
@@ -314,6 +318,46 @@ def test_chunks_follow_the_work_the_threads_and_omp_num_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(fast.numba, "threading_layer", lambda: "workqueue")  # not thread-safe
     assert chunks("lstm", 512) == 1
+
+
+@pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
+def test_training_in_parts_of_the_units_equals_one_thread_to_the_bit(family):
+    """Training steps a layer's units in parts, one per thread (kernels._steps), each entry
+    computed as by one thread: loss, gradients, last states and a block of Adam updates are
+    the same bits for any number of parts (one part is what the reference tests compare)."""
+    from charwise.engines import kernels
+    from charwise.optim import make_optimizer
+    from charwise.schedule import Streams
+
+    c = corpus(2000)
+    rng = np.random.default_rng(8)
+    for dtype, m, drop in (
+        (np.float64, 48, False),
+        (np.float32, 48, True),
+        (np.float32, 64, False),
+    ):
+        spec = ModelSpec(family, K=len(c.vocab), m=m, layers=2)
+        params = Params.init(spec, seed=4).astype(dtype)
+        for a in params.arrays():
+            a += (rng.standard_normal(a.shape) * 0.2).astype(dtype)
+        X = rng.integers(0, len(c.vocab), (9, 3))
+        Y = rng.integers(0, len(c.vocab), (9, 3))
+        lengths = np.array([9, 4, 0])
+        state0 = tuple(rng.standard_normal(s.shape) * 0.5 for s in spec.zero_state(3))
+        masks = [(rng.random((3, 9, m)) > 0.3) / 0.7 for _ in range(2)] if drop else None
+        results = []
+        for parts in (1, 2, 3):
+            loss, grads, last = kernels.loss_and_grads_batch(
+                params, X, Y, lengths, state0, masks, parts
+            )
+            opt = make_optimizer("adam", 0.01)
+            state = TrainState.fresh(params.copy(), batch=3, opt=opt.init_state(params))
+            block = Streams(c, 9, 3).block(0, 4)
+            kernels.run_block(state, opt, c.data, *block, np.empty(4), None, parts)
+            results.append((np.array(loss), *grads.arrays(), *last, *state.params.arrays()))
+        for split in results[1:]:
+            for got, want in zip(split, results[0], strict=True):
+                assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 def test_chunked_sampling_from_several_threads_at_once(monkeypatch):
@@ -410,13 +454,14 @@ def test_import_charwise_does_not_import_numba():
     assert run_python(code) == "False"
 
 
-def test_openblas_idle_threads_sleep_soon_unless_the_user_says():
-    code = "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
-    unset = (
-        "import os; os.environ.pop('OPENBLAS_THREAD_TIMEOUT', None); import charwise; " + code[10:]
-    )
-    assert run_python(unset) == "20"
-    assert run_python("import charwise; " + code, OPENBLAS_THREAD_TIMEOUT="26") == "26"
+@pytest.mark.parametrize(
+    "name, value", [("OPENBLAS_THREAD_TIMEOUT", "20"), ("GOMP_SPINCOUNT", "10000")]
+)
+def test_idle_threads_sleep_soon_unless_the_user_says(name, value):
+    code = f"import os; print(os.environ.get('{name}'))"
+    unset = f"import os; os.environ.pop('{name}', None); import charwise; " + code[10:]
+    assert run_python(unset) == value
+    assert run_python("import charwise; " + code, **{name: "26"}) == "26"
 
 
 def test_cache_dir_is_a_user_folder_only_for_a_read_only_package():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from charwise.engines.matvec import PANEL, VECTOR_BYTES, gemm, matvec
+from charwise.engines.matvec import GEMM_VECTORS, PANEL, VECTOR_BYTES, gemm, gemm_nt, matvec
 
 SHAPES_N = (1, 2, 3, 5, 8, 15, 16, 17, 31, 65, 100, 129, 300, 1024)
 
@@ -58,7 +58,6 @@ def test_matvec_columns_are_the_same_bits_however_they_are_split(dtype):
                 assert np.array_equal(whole, parts), (P, N, cut)
 
 
-@pytest.mark.filterwarnings("ignore::numba.NumbaPerformanceWarning")  # strided A to BLAS
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gemm_matches_numpy_within_the_rounding_bound(dtype):
     rng = np.random.default_rng(4)
@@ -74,8 +73,7 @@ def test_gemm_matches_numpy_within_the_rounding_bound(dtype):
                     assert np.all(np.abs(C - exact) <= _bound(A, B, dtype)), (M, P, N)
 
 
-@pytest.mark.filterwarnings("ignore::numba.NumbaPerformanceWarning")
-def test_gemm_leaves_strided_rows_to_blas():
+def test_gemm_takes_strided_rows_by_plain_loops():
     rng = np.random.default_rng(5)
     A = rng.standard_normal((6, 40))
     B = rng.standard_normal((40, 80))[:, ::2]  # rows not contiguous
@@ -88,3 +86,55 @@ def test_matvec_refuses_strided_rows():
     B = np.ones((4, 20))[:, ::2]
     with pytest.raises(ValueError, match="rows of B must be contiguous"):
         matvec(np.empty(10), np.ones(4), B)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_columns_are_the_same_bits_however_they_are_split(dtype):
+    # what kernels' parts of units rely on: for one number of rows, an entry of C depends on
+    # its row of A and column of B only (under a vector of columns: scalar code, same order)
+    rng = np.random.default_rng(6)
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    for M in (1, 2, 5, 32):
+        for P in (1, 9, 64):
+            N = 2 * GEMM_VECTORS * lanes + 3
+            A = rng.standard_normal((M, P)).astype(dtype)
+            B = rng.standard_normal((P, N)).astype(dtype)
+            whole = np.empty((M, N), dtype)
+            gemm(A, B, whole)
+            for cut in (1, lanes // 2, lanes, N // 2, N - 3):
+                parts = np.empty((M, N), dtype)
+                gemm(A, B[:, :cut], parts[:, :cut])  # strided views of B and C, as kernels'
+                gemm(A, B[:, cut:], parts[:, cut:])
+                assert np.array_equal(whole, parts), (M, P, cut)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_nt_matches_numpy_within_the_rounding_bound(dtype):
+    rng = np.random.default_rng(7)
+    for M in (1, 3, 4, 5, 32):
+        for P in (1, 7, 16, 17, 25, 100, 257):
+            for N in (1, 3, 4, 5, 65):
+                A = rng.standard_normal((M, P)).astype(dtype)
+                B = rng.standard_normal((N, P)).astype(dtype)
+                C = np.full((M, N), np.nan, dtype)
+                gemm_nt(A, B, C)
+                exact = A.astype(np.float64) @ B.astype(np.float64).T
+                assert np.all(np.abs(C - exact) <= _bound(A, B.T, dtype)), (M, P, N)
+                parts = np.full((M, N), np.nan, dtype)  # rows of B in two calls: same bits
+                gemm_nt(A, B[: N // 2], parts[:, : N // 2])
+                gemm_nt(A, B[N // 2 :], parts[:, N // 2 :])
+                assert np.array_equal(C, parts)
+
+
+def test_gemm_nt_sums_only_real_entries():
+    # the last P mod lanes entries come from an overlapping vector whose other lanes are
+    # masked: an infinity or NaN there must not leak into the sum
+    for P in (17, 20, 33):
+        A = np.ones((2, P))
+        B = np.ones((3, P))
+        B[0, 0] = np.inf  # counted once, in the first vector
+        B[1, P - 1] = np.nan
+        C = np.zeros((2, 3))
+        gemm_nt(A, B, C)
+        assert np.isinf(C[:, 0]).all() and np.isnan(C[:, 1]).all()
+        assert (C[:, 2] == P).all()

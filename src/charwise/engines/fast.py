@@ -557,20 +557,23 @@ def _chunked(a: np.ndarray, gates: int, n: int) -> np.ndarray:
 PARALLEL_MIN = 4 * 256 * 256
 
 
-def _chunks(spec) -> int:
-    """How many chunks (threads) step each layer: at most numba's threads and _cores(), one per
-    PARALLEL_MIN / 2 of work, and a divisor of m; one below PARALLEL_MIN, one in a forked child
-    of a process that stepped on several threads (PARALLEL_PID), and one where numba's
-    threading layer is its own "workqueue" (its fallback where there is no OpenMP or TBB
-    library), which aborts the process when two threads start parallel work at once (the
+def _chunks(spec, batch: int = 1) -> int:
+    """How many chunks (threads) step each layer (of `batch` streams at once: training's
+    kernels.run_block parts): at most numba's threads and _cores(), one per PARALLEL_MIN / 2
+    of work (and 2 kernels.UNIT_STEP units for a batch), and a divisor of m; one below PARALLEL_MIN, one in
+    a forked child of a process that stepped on several threads (PARALLEL_PID), and one where
+    numba's threading layer is its own "workqueue" (its fallback where there is no OpenMP or
+    TBB library), which aborts the process when two threads start parallel work at once (the
     dashboard samples for several requests at a time)."""
-    work = spec.cell.GATES * spec.m * spec.m
+    work = spec.cell.GATES * spec.m * spec.m * batch
     if work < PARALLEL_MIN or PARALLEL_PID[:1] not in ([], [os.getpid()]):
         return 1
     threads = numba.get_num_threads()  # starts numba's threads: the layer is then known
     if numba.threading_layer() == "workqueue":
         return 1
     most = min(threads, _cores(), work * 2 // PARALLEL_MIN)
+    if batch > 1:  # training's products of several rows: parts of 2 UNIT_STEP units at least
+        most = max(1, min(most, spec.m // (2 * kernels.UNIT_STEP)))
     n = max(n for n in range(1, most + 1) if spec.m % n == 0)
     if n > 1 and not PARALLEL_PID:
         PARALLEL_PID.append(os.getpid())
@@ -593,10 +596,9 @@ PARALLEL_PID: list[int] = []
 
 
 @contextlib.contextmanager
-def _team(arrays):
-    """numba's threads for this thread's parallel steps, as many as the chunks of the packed
-    arrays (numba would otherwise start all of its threads for each step, most of them idle)."""
-    n = arrays[2].shape[1]
+def _team(n: int):
+    """numba's threads for this thread's parallel steps, n (as many as the chunks: numba would
+    otherwise start all of its threads for each step, most of them idle)."""
     if n < 2:
         yield
         return
@@ -796,7 +798,7 @@ def advance(params: Params, h0, x):
     if not _kernel(params.spec):
         family, arrays, _, _ = _packed(params)
         h, c = _hc(params.spec, h0)
-        with _team(arrays):
+        with _team(arrays[2].shape[1]):
             _model_advance(family, h, c, arrays, _indices(x))
         return _state(params.spec, h, c, h0)
     p = _float64(params)
@@ -814,7 +816,7 @@ def sample(params: Params, h0, x0: int, n: int, uniforms, temperature=1.0, top_p
     else:
         h, c = _hc(params.spec, h0)
         family, arrays, VT, cb = _packed(params)
-        with _team(arrays):
+        with _team(arrays[2].shape[1]):
             done = _model_sample(family, h, c, arrays, VT, cb, *args)
     return out[:done]
 
@@ -827,7 +829,7 @@ def evaluate(params: Params, data, runs=None) -> tuple[float, int]:
         total, count = _evaluate(*_float64(params).arrays(), data, runs)
     else:
         family, arrays, VT, cb = _packed(params, evaluation=True)
-        with _team(arrays):
+        with _team(arrays[2].shape[1]):
             total, count = _model_evaluate(family, params.spec.layers, arrays, VT, cb, data, runs)
     return float(total), int(count)
 
@@ -836,7 +838,10 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
     """reference.run_block in one compiled call: the exercise's kernels for the exercise
     (exercise()), kernels.run_block for every other model."""
     if not exercise(state.spec, optimizer, np.shape(starts)[1], dropout):
-        return kernels.run_block(state, optimizer, data, starts, lengths, resets, losses, dropout)
+        parts = _chunks(state.spec, np.shape(starts)[1])
+        args = (state, optimizer, data, starts, lengths, resets, losses, dropout, parts)
+        with _team(parts):
+            return kernels.run_block(*args)
     one = (np.asarray(a)[:, 0] for a in (starts, lengths, resets))
     return train_block(state, data, *one, optimizer.eta, optimizer.eps, optimizer.clip, losses)
 

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from charwise.engines.matvec import gemm, gemm_nt
 from charwise.engines.numerics import (
     ONE32,  # the cells' 1 - x: float32 stays float32, float64 promotes it exactly (as 1.0)
     _all_finite,
@@ -34,6 +35,7 @@ from charwise.engines.numerics import (
     _smooth,
     jit,
     numba,
+    pjit,
     sigmoid,
     tanh,
 )
@@ -50,126 +52,188 @@ def _copy(dst, src):
 
 
 @jit
-def _rnn_forward(Ux, W, b, h0, H):
-    T, B, m = Ux.shape
-    a = np.empty((B, m), Ux.dtype)
-    h = h0.copy()
-    for t in range(T):
-        np.dot(h, W.T, a)
-        for k in range(B):
-            for j in range(m):
-                a[k, j] = (a[k, j] + Ux[t, k, j]) + b[j]
-            tanh(a[k], h[k])
-        _copy(H[t], h)
+def _units(q, parts, m):
+    """The units [j0, j1) of part q when a layer's m units are split in `parts`: split points
+    at multiples of UNIT_STEP, so that every part but a layer's narrowest has at least
+    one vector of units (see UNIT_STEP)."""
+    return _split(q, parts, m), _split(q + 1, parts, m)
 
 
 @jit
-def _rnn_backward(dH, H, W, dA):
+def _split(q, parts, m):
+    return m if q == parts else q * m // parts // UNIT_STEP * UNIT_STEP
+
+
+@jit
+def _gate_products(h, W, z, gates, j0, j1):
+    """z[:, g m + j] = h @ W[g m + j]^T for each gate g and unit j in [j0, j1): these units'
+    part of h @ W^T."""
+    m = h.shape[1]
+    for g in range(gates):
+        a, b = g * m + j0, g * m + j1
+        gemm_nt(h, W[a:b], z[:, a:b])
+
+
+# Parts of a layer split at multiples of these many units: a float32 vector of AVX-512, so that
+# every part's products run the vector code when the layer's do (a part with fewer columns
+# than a vector takes scalar code, whose results, inlined there, were seen to differ in the
+# last bit); fast._chunks gives each part at least 2 UNIT_STEP units.
+UNIT_STEP = 16
+
+
+# Each family's forward and backward step over units [j0, j1) of all streams (part q of parts);
+# a step is these for every part, one per thread where parts > 1 (_steps): the forward's
+# products need all of h_{t-1}, the backward's all of dL/dz_{t+1}, so the parts wait for each
+# other once per step and need nothing else from each other. Every entry is computed as with
+# one part (engines/matvec.py: a product's entry does not depend on the columns around it).
+# The loops run over 1-d slices from 0 (LLVM vectorises those; loops over offset indices of
+# the full rows ran 1.6x slower).
+@jit
+def _gates(row, j0, j1, n):
+    """The n (3 or 4) gate blocks of a row (n m entries, gate-major), each restricted to units
+    [j0, j1): a tuple (a list would be allocated at every call)."""
+    m = row.size // n
+    a, b, c = row[j0:j1], row[m + j0 : m + j1], row[2 * m + j0 : 2 * m + j1]
+    return (a, b, c, row[3 * m + j0 : 3 * m + j1] if n == 4 else c[:0])
+
+
+@jit
+def _add_input(z, u, b):
+    """z = (z + u) + b: the gates' sums, W h_{t-1} (in z) and the input term and bias."""
+    for j in range(z.size):
+        z[j] = (z[j] + u[j]) + b[j]
+
+
+@jit
+def _rnn_forward_units(q, parts, t, Ux, W, b, h0, H, a):
     T, B, m = H.shape
-    dnext = np.zeros((B, m), H.dtype)
-    for t in range(T - 1, -1, -1):
-        for k in range(B):
-            for j in range(m):
-                dA[t, k, j] = (dH[t, k, j] + dnext[k, j]) * (ONE32 - H[t, k, j] ** 2)
-        np.dot(dA[t], W, dnext)
+    j0, j1 = _units(q, parts, m)
+    _gate_products(H[t - 1] if t else h0, W, a, 1, j0, j1)
+    for k in range(B):
+        _add_input(a[k, j0:j1], Ux[t, k, j0:j1], b[j0:j1])
+        tanh(a[k, j0:j1], H[t, k, j0:j1])
 
 
 @jit
-def _lstm_forward(Ux, W, b, h0, c0, H, C, TC, gates):
+def _rnn_backward_units(q, parts, t, dH, H, W, dA, dnext):
+    T, B, m = H.shape
+    j0, j1 = _units(q, parts, m)
+    if t < T - 1:
+        gemm(dA[t + 1], W[:, j0:j1], dnext[:, j0:j1])
+    for k in range(B):
+        da, dh, dn, h = dA[t, k, j0:j1], dH[t, k, j0:j1], dnext[k, j0:j1], H[t, k, j0:j1]
+        for j in range(j1 - j0):
+            da[j] = (dh[j] + dn[j]) * (ONE32 - h[j] ** 2)
+
+
+@jit
+def _lstm_forward_units(q, parts, t, Ux, W, b, h0, c0, H, C, TC, gates, z):
     """TC: tanh(c_t), kept for the backward pass."""
-    T, B, m4 = Ux.shape
-    m = m4 // 4
-    z = np.empty((B, m4), Ux.dtype)
-    h, c = h0.copy(), c0.copy()
-    for t in range(T):
-        np.dot(h, W.T, z)
-        for k in range(B):
-            zk, gk = z[k], gates[t, k]
-            for j in range(m4):
-                zk[j] = (zk[j] + Ux[t, k, j]) + b[j]
-            sigmoid(zk[: 2 * m], gk[: 2 * m])
-            tanh(zk[2 * m : 3 * m], gk[2 * m : 3 * m])
-            sigmoid(zk[3 * m :], gk[3 * m :])
-            for j in range(m):
-                c[k, j] = gk[m + j] * c[k, j] + gk[j] * gk[2 * m + j]
-            tanh(c[k], TC[t, k])
-            for j in range(m):
-                h[k, j] = gk[3 * m + j] * TC[t, k, j]
-        _copy(H[t], h)
-        _copy(C[t], c)
-
-
-@jit
-def _lstm_backward(dH, H, C, TC, gates, c0, W, dZ):
     T, B, m = H.shape
-    dh_next = np.zeros((B, m), H.dtype)
-    dc_next = np.zeros((B, m), H.dtype)
-    for t in range(T - 1, -1, -1):
-        c_prev = C[t - 1] if t else c0
-        for k in range(B):
-            gk, dz = gates[t, k], dZ[t, k]
-            for j in range(m):
-                i, f, g, o = gk[j], gk[m + j], gk[2 * m + j], gk[3 * m + j]
-                tc = TC[t, k, j]
-                dh = dH[t, k, j] + dh_next[k, j]
-                dc = dc_next[k, j] + dh * o * (ONE32 - tc * tc)
-                dz[j] = dc * g * i * (ONE32 - i)
-                dz[m + j] = dc * c_prev[k, j] * f * (ONE32 - f)
-                dz[2 * m + j] = dc * i * (ONE32 - g * g)
-                dz[3 * m + j] = dh * tc * o * (ONE32 - o)
-                dc_next[k, j] = dc * f
-        np.dot(dZ[t], W, dh_next)
+    j0, j1 = _units(q, parts, m)
+    _gate_products(H[t - 1] if t else h0, W, z, 4, j0, j1)
+    c_prev = C[t - 1] if t else c0
+    bs = _gates(b, j0, j1, 4)
+    for k in range(B):
+        zs, us, gs = (
+            _gates(z[k], j0, j1, 4),
+            _gates(Ux[t, k], j0, j1, 4),
+            _gates(gates[t, k], j0, j1, 4),
+        )
+        for g in range(4):
+            _add_input(zs[g], us[g], bs[g])
+        sigmoid(zs[0], gs[0])
+        sigmoid(zs[1], gs[1])
+        tanh(zs[2], gs[2])
+        sigmoid(zs[3], gs[3])
+        i, f, g, o = gs[0], gs[1], gs[2], gs[3]
+        c, cp, tc, h = C[t, k, j0:j1], c_prev[k, j0:j1], TC[t, k, j0:j1], H[t, k, j0:j1]
+        for j in range(j1 - j0):
+            c[j] = f[j] * cp[j] + i[j] * g[j]
+        tanh(c, tc)
+        for j in range(j1 - j0):
+            h[j] = o[j] * tc[j]
 
 
 @jit
-def _gru_forward(Ux, W, b, bhn, h0, H, gates, Hn):
+def _lstm_backward_units(q, parts, t, dH, C, TC, gates, c0, W, dZ, dh_next, dc_next):
+    T, B, m = C.shape
+    j0, j1 = _units(q, parts, m)
+    if t < T - 1:
+        gemm(dZ[t + 1], W[:, j0:j1], dh_next[:, j0:j1])
+    c_prev = C[t - 1] if t else c0
+    for k in range(B):
+        i, f, g, o = _gates(gates[t, k], j0, j1, 4)
+        di, df, dg, do = _gates(dZ[t, k], j0, j1, 4)
+        tc, cp, dn = TC[t, k, j0:j1], c_prev[k, j0:j1], dh_next[k, j0:j1]
+        dHt, dcn = dH[t, k, j0:j1], dc_next[k, j0:j1]
+        for j in range(j1 - j0):
+            dh = dHt[j] + dn[j]
+            dc = dcn[j] + dh * o[j] * (ONE32 - tc[j] * tc[j])
+            di[j] = dc * g[j] * i[j] * (ONE32 - i[j])
+            df[j] = dc * cp[j] * f[j] * (ONE32 - f[j])
+            dg[j] = dc * i[j] * (ONE32 - g[j] * g[j])
+            do[j] = dh * tc[j] * o[j] * (ONE32 - o[j])
+            dcn[j] = dc * f[j]
+
+
+@jit
+def _gru_forward_units(q, parts, t, Ux, W, b, bhn, h0, H, gates, Hn, wh, a):
     """gates: r, z, n after their nonlinearity; Hn: W_n h_{t-1} + b_hn."""
-    T, B, m3 = Ux.shape
-    m = m3 // 3
-    wh = np.empty((B, m3), Ux.dtype)
-    a = np.empty(m, Ux.dtype)
-    h = h0.copy()
-    for t in range(T):
-        np.dot(h, W.T, wh)
-        for k in range(B):
-            gk = gates[t, k]
-            for j in range(2 * m):
-                wh[k, j] = (Ux[t, k, j] + b[j]) + wh[k, j]
-            sigmoid(wh[k, : 2 * m], gk[: 2 * m])
-            for j in range(m):
-                Hn[t, k, j] = wh[k, 2 * m + j] + bhn[j]
-                a[j] = (Ux[t, k, 2 * m + j] + b[2 * m + j]) + gk[j] * Hn[t, k, j]
-            tanh(a, gk[2 * m :])
-            for j in range(m):
-                z, n = gk[m + j], gk[2 * m + j]
-                h[k, j] = (ONE32 - z) * n + z * h[k, j]
-        _copy(H[t], h)
+    T, B, m = H.shape
+    j0, j1 = _units(q, parts, m)
+    h_prev = H[t - 1] if t else h0
+    _gate_products(h_prev, W, wh, 3, j0, j1)
+    bs, bn = _gates(b, j0, j1, 3), bhn[j0:j1]
+    for k in range(B):
+        ws, us, gs = (
+            _gates(wh[k], j0, j1, 3),
+            _gates(Ux[t, k], j0, j1, 3),
+            _gates(gates[t, k], j0, j1, 3),
+        )
+        for g in range(2):  # r, z: sigmoid((U u + b) + W h)
+            u, bg, w = us[g], bs[g], ws[g]
+            for j in range(j1 - j0):
+                w[j] = (u[j] + bg[j]) + w[j]
+            sigmoid(w, gs[g])
+        r, z, n = gs[0], gs[1], gs[2]
+        hn, an, u, bg, w = Hn[t, k, j0:j1], a[k, j0:j1], us[2], bs[2], ws[2]
+        for j in range(j1 - j0):
+            hn[j] = w[j] + bn[j]
+            an[j] = (u[j] + bg[j]) + r[j] * hn[j]
+        tanh(an, n)
+        h, hp = H[t, k, j0:j1], h_prev[k, j0:j1]
+        for j in range(j1 - j0):
+            h[j] = (ONE32 - z[j]) * n[j] + z[j] * hp[j]
 
 
 @jit
-def _gru_backward(dH, H, gates, Hn, h0, W, dX, dWh):
+def _gru_backward_units(q, parts, t, dH, H, gates, Hn, h0, W, dX, dWh, dh_next, dh_all):
     T, B, m = H.shape
-    dh_next = np.zeros((B, m), H.dtype)
-    dh_all = np.empty((B, m), H.dtype)
-    for t in range(T - 1, -1, -1):
-        h_prev = H[t - 1] if t else h0
+    j0, j1 = _units(q, parts, m)
+    if t < T - 1:
+        gemm(dWh[t + 1], W[:, j0:j1], dh_next[:, j0:j1])
         for k in range(B):
-            gk = gates[t, k]
-            for j in range(m):
-                r, z, n = gk[j], gk[m + j], gk[2 * m + j]
-                dh = dH[t, k, j] + dh_next[k, j]
-                dn = dh * (ONE32 - z) * (ONE32 - n * n)
-                dX[t, k, j] = dn * Hn[t, k, j] * r * (ONE32 - r)
-                dX[t, k, m + j] = dh * (h_prev[k, j] - n) * z * (ONE32 - z)
-                dX[t, k, 2 * m + j] = dn
-                dWh[t, k, j] = dX[t, k, j]
-                dWh[t, k, m + j] = dX[t, k, m + j]
-                dWh[t, k, 2 * m + j] = dn * r
-                dh_all[k, j] = dh * z
-        np.dot(dWh[t], W, dh_next)
-        for k in range(B):
-            for j in range(m):
-                dh_next[k, j] = dh_all[k, j] + dh_next[k, j]
+            dn, da = dh_next[k, j0:j1], dh_all[k, j0:j1]
+            for j in range(j1 - j0):
+                dn[j] = da[j] + dn[j]
+    h_prev = H[t - 1] if t else h0
+    for k in range(B):
+        r, z, n, _ = _gates(gates[t, k], j0, j1, 3)
+        dr, dz, dx_n, _ = _gates(dX[t, k], j0, j1, 3)
+        wr, wz, wn, _ = _gates(dWh[t, k], j0, j1, 3)
+        dHt, dnext, da = dH[t, k, j0:j1], dh_next[k, j0:j1], dh_all[k, j0:j1]
+        hn, hp = Hn[t, k, j0:j1], h_prev[k, j0:j1]
+        for j in range(j1 - j0):
+            dh = dHt[j] + dnext[j]
+            dn = dh * (ONE32 - z[j]) * (ONE32 - n[j] * n[j])
+            dr[j] = dn * hn[j] * r[j] * (ONE32 - r[j])
+            dz[j] = dh * (hp[j] - n[j]) * z[j] * (ONE32 - z[j])
+            dx_n[j] = dn
+            wr[j] = dr[j]
+            wz[j] = dz[j]
+            wn[j] = dn * r[j]
+            da[j] = dh * z[j]
 
 
 # ---- each family's cell behind one interface, for the compiled update below --------------------
@@ -181,56 +245,129 @@ FAMILIES = ("rnn", "lstm", "gru")
 TAGS = {family: (0,) * (i + 1) for i, family in enumerate(FAMILIES)}
 
 
-def cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3):
+def cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
     """The forward pass of the family tagged `family` (compiled code only): writes the hidden
     states H and what backward needs, S1, S2, S3 (_workspace gives their widths; the lstm's S1
-    is c)."""
+    is c), each step in `parts` parts of the units (_steps)."""
     raise NotImplementedError
 
 
-def cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
+def cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, parts):
     """The backward pass of the family tagged `family` (compiled code only): writes dU =
     dL/d(U u_t + b) and, for the gru only, dZ = dL/dz_t, whose product with h_{t-1} is dW;
     returns the two (dU twice but for the gru)."""
     raise NotImplementedError
 
 
-# Chosen while compiling, from the family's tag (TAGS).
+# Chosen while compiling, from the family's tag (TAGS): only that family's code is compiled.
 @numba.extending.overload(cell_forward)
-def _cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3):
-    if family.count == 1:
-        return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3: _rnn_forward(Ux, W, b, h0, H)
-    if family.count == 2:
-        return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3: _lstm_forward(
-            Ux, W, b, h0, c0, H, S1, S2, S3
-        )
-    return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3: _gru_forward(
-        Ux, W, b, bhn, h0, H, S1, S2
-    )
+def _cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
+    step = STEP_TAGS[family.count - 1]
+
+    def forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
+        T, B, G = Ux.shape
+        z = np.empty((B, G), Ux.dtype)  # the gates' sums
+        a = np.empty((B, H.shape[2]), Ux.dtype)  # the gru's candidate sums
+        for t in range(T):
+            _steps(
+                step, parts, t, _forward_args(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a)
+            )
+
+    return forward
 
 
 @numba.extending.overload(cell_backward)
-def _cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
+def _cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, parts):
+    step = STEP_TAGS[family.count + 2]
+
+    def backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, parts):
+        T, B, m = H.shape
+        dh_next = np.zeros((B, m), H.dtype)  # W^T dL/dz_{t+1} (the gru's: plus dL/dh_t z)
+        dc_next = np.zeros((B, m), H.dtype)  # the lstm's dL/dc_{t+1} f_{t+1}
+        dh_all = np.empty((B, m), H.dtype)  # the gru's dL/dh_t z_t
+        args = _backward_args(
+            family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all
+        )
+        for t in range(T - 1, -1, -1):
+            _steps(step, parts, t, args)
+        return (dU, dZ) if len(family) == 3 else (dU, dU)
+
+    return backward
+
+
+def _forward_args(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a):
+    """The family's forward units function's arguments after (q, parts, t) (compiled only)."""
+    raise NotImplementedError
+
+
+def _backward_args(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all):
+    """The family's backward units function's arguments after (q, parts, t) (compiled only)."""
+    raise NotImplementedError
+
+
+@numba.extending.overload(_forward_args)
+def _forward_args_by_tag(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a):
     if family.count == 1:
-
-        def rnn(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
-            _rnn_backward(dH, H, W, dU)
-            return dU, dU
-
-        return rnn
+        return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a: (Ux, W, b, h0, H, z)
     if family.count == 2:
+        return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
+            (Ux, W, b, h0, c0, H, S1, S2, S3, z)
+        )
+    return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
+        (Ux, W, b, bhn, h0, H, S1, S2, z, a)
+    )
 
-        def lstm(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
-            _lstm_backward(dH, H, S1, S2, S3, c0, W, dU)
-            return dU, dU
 
-        return lstm
+@numba.extending.overload(_backward_args)
+def _backward_args_by_tag(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all):
+    if family.count == 1:
+        return lambda family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all: (
+            (dH, H, W, dU, dh_next)
+        )
+    if family.count == 2:
+        return lambda family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all: (
+            (dH, S1, S2, S3, c0, W, dU, dh_next, dc_next)
+        )
+    return lambda family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all: (
+        (dH, H, S1, S2, h0, W, dU, dZ, dh_next, dh_all)
+    )
 
-    def gru(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ):
-        _gru_backward(dH, H, S1, S2, h0, W, dU, dZ)
-        return dU, dZ
 
-    return gru
+# Which units function a step runs, as a tag of that length (see TAGS).
+STEP_TAGS = tuple((0,) * (i + 1) for i in range(6))
+
+
+def _units_step(step, q, parts, t, args):
+    """Part q of step t of the units function tagged `step`, on args (compiled code only)."""
+    raise NotImplementedError
+
+
+@numba.extending.overload(_units_step)
+def _units_step_by_tag(step, q, parts, t, args):
+    units = (
+        _rnn_forward_units,
+        _lstm_forward_units,
+        _gru_forward_units,
+        _rnn_backward_units,
+        _lstm_backward_units,
+        _gru_backward_units,
+    )[step.count - 1]
+    return lambda step, q, parts, t, args: units(q, parts, t, *args)
+
+
+@jit
+def _steps(step, parts, t, args):
+    """Step t over all units: one call, or one part per thread of numba's (parts > 1)."""
+    if parts == 1:
+        _units_step(step, 0, 1, t, args)
+    else:
+        _parallel_steps(step, parts, t, args)
+
+
+@pjit
+def _parallel_steps(step, parts, t, args):
+    for q in numba.prange(parts):
+        _units_step(step, q, parts, t, args)
 
 
 # ---- around the cells -------------------------------------------------------------------------
@@ -309,7 +446,7 @@ def _workspace(family, L, T, B, V, G, drop):
 
 
 @jit
-def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws):
+def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws, parts):
     """reference.loss_and_grads_batch for B streams, in the parameters' dtype: returns the loss;
     fills grads and last = (h, c) after each stream's last real step.
 
@@ -340,7 +477,7 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
                 below = np.multiply(below, masks[l - 1, :T], inputs[l, :T])
             np.dot(below.reshape(TB, m), Us[l].T, Ux.reshape(TB, G))
         H, S1, S2, S3 = Hs[l, :T], S1s[l, :T], S2s[l, :T], S3s[l, :T]
-        cell_forward(family, Ux, Ws[l], bs[l], bhns[l], h0[l], c0[l], H, S1, S2, S3)
+        cell_forward(family, Ux, Ws[l], bs[l], bhns[l], h0[l], c0[l], H, S1, S2, S3, parts)
     h_top = Hs[L - 1, :T]
     if drop:
         h_top = np.multiply(h_top, masks[L - 1, :T], top[:T])
@@ -354,7 +491,8 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
         dH *= masks[L - 1, :T]
     for l in range(L - 1, -1, -1):
         H, S1, S2, S3 = Hs[l, :T], S1s[l, :T], S2s[l, :T], S3s[l, :T]
-        dUx, dZx = cell_backward(family, dH, H, S1, S2, S3, h0[l], c0[l], Ws[l], dU, dZ)
+        args = (dH, H, S1, S2, S3, h0[l], c0[l], Ws[l], dU, dZ, parts)
+        dUx, dZx = cell_backward(family, *args)
         _copy(H_prev[0], h0[l])
         _copy(H_prev[1:].reshape((T - 1) * B, m), H[: T - 1].reshape((T - 1) * B, m))
         flat, flat_z = dUx.reshape(TB, G), dZx.reshape(TB, G)
@@ -455,11 +593,11 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
     model = (layers, V, c, grads, flat): as _loss_and_grads, and flat = (params, grads, best,
     slot 1, slot 2) as typed lists of flat views, in the order of Params.names();
     run = (carry (h, c), best carry (h, c), fstate [smooth, best_smooth], istate [updates,
-    best_update, best_x0], optimiser code, its constants); uniforms (updates, L, B, tau, m):
-    the dropout draws (rate p), or empty.
+    best_update, best_x0], optimiser code, its constants, the parts of each step (_steps));
+    uniforms (updates, L, B, tau, m): the dropout draws (rate p), or empty.
     """
     layers, V, c, grads, flat = model
-    carry, best_carry, fstate, istate, code, consts = run
+    carry, best_carry, fstate, istate, code, consts, parts = run
     ps, gs, best, s1, s2 = flat
     h, cc = carry
     L, B, m = h.shape
@@ -490,7 +628,7 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
                     for j in range(m):
                         masks[l, t, b, j] = keep if uniforms[k, l, b, t, j] >= p else 0.0
         loss = _loss_and_grads(
-            family, X, Y, lengths[k], h, cc, masks, layers, V, c, grads, last, ws
+            family, X, Y, lengths[k], h, cc, masks, layers, V, c, grads, last, ws, parts
         )
         losses[k] = loss
         finite = math.isfinite(loss)
@@ -558,8 +696,9 @@ def _model(params: Params):
     return layers, V, c, grads, (*glayers, grads["V"], grads["c"])
 
 
-def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None):
-    """reference.loss_and_grads_batch in the parameters' dtype, compiled."""
+def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None, parts=1):
+    """reference.loss_and_grads_batch in the parameters' dtype, compiled; each step in `parts`
+    parts (threads) of the units."""
     spec = params.spec
     T, B = X.shape
     layers, V, c, grads, gviews = _model(params)
@@ -572,12 +711,13 @@ def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=Non
     args = (_c(X, np.int64), _c(Y, np.int64), _c(lengths, np.int64), h0, c0, drop, layers, V, c)
     G = spec.cell.GATES * spec.m
     ws = _workspace(TAGS[spec.family], spec.layers, T, B, V, G, masks is not None)
-    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws)
+    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws, parts)
     return float(loss), grads, last[: len(spec.state_names)]
 
 
-def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None) -> int:
-    """reference.run_block, a block of updates per compiled call (with dropout, parts of the
+def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None, parts=1):
+    """reference.run_block, a block of updates per compiled call, each step in `parts` parts
+    (threads) of the units (with dropout, parts of the
     block, whose draws are taken at once: the same numbers, in the same order, as the
     reference's one draw per mask)."""
     spec, params = state.spec, state.params
@@ -596,7 +736,7 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
         float(getattr(optimizer, "alpha", 0.0)),
         *(float(b) for b in (getattr(optimizer, "beta1", 0.0), getattr(optimizer, "beta2", 0.0))),
     )
-    run = (carry, best_carry, fstate, istate, OPTIMIZER_CODES[optimizer.name], consts)
+    run = (carry, best_carry, fstate, istate, OPTIMIZER_CODES[optimizer.name], consts, parts)
     lrs = np.array([optimizer.lr(state.updates + 1 + k) for k in range(n)])
     data, starts = np.ascontiguousarray(data), _c(starts, np.int64)
     lengths, resets = _c(lengths, np.int64), _c(resets, np.bool_)

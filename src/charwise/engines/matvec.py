@@ -54,6 +54,7 @@ SETS = 2  # matvec's partial sums per entry: two multiply-add chains in flight p
 PANEL = 14 if _many_registers(_FEATURES) else 6  # matvec's vectors per pass (SETS x these)
 GEMM_ROWS = 4  # gemm's block: rows of A x vectors of columns of B, held in registers
 GEMM_VECTORS = 6 if _many_registers(_FEATURES) else 3
+DOT_ROWS, DOT_COLS = (4, 4) if _many_registers(_FEATURES) else (2, 4)  # gemm_nt's block
 I64 = ir.IntType(64)
 
 
@@ -223,6 +224,149 @@ def _emit(builder, R, width, count, sets, where):
             builder.store(value, pointer, align=_bits(c_type) // 8)
 
 
+@intrinsic
+def _dots(typingctx, C, A, B, r0, rows, j0, cols):
+    """C[r0 + r, j0 + j] = A[r0 + r] . B[j0 + j] for r < rows <= DOT_ROWS, j < cols <= DOT_COLS:
+    rows of A and B (P >= one vector of entries) contiguous, one dtype."""
+    _check(C, A, B, "_dots")
+    if len({C.dtype, A.dtype, B.dtype}) != 1:
+        raise TypingError("_dots takes arrays of one dtype")
+
+    def codegen(context, builder, signature, args):
+        arrays = [
+            context.make_array(t)(context, builder, v)
+            for t, v in zip(signature.args[:3], args[:3], strict=True)
+        ]
+        element = context.get_data_type(C.dtype)
+        itemsize = C.dtype.bitwidth // 8
+
+        def row_step(x):
+            return builder.sdiv(builder.extract_value(x.strides, 0), I64(itemsize))
+
+        C_, A_, B_ = arrays
+        r0_, rows_, j0_, cols_ = args[3:]
+        where = {
+            "P": builder.extract_value(A_.shape, 1), "r0": r0_, "j0": j0_,
+            "C": (C_.data, row_step(C_)), "A": (A_.data, row_step(A_)),
+            "B": (B_.data, row_step(B_)),
+        }  # fmt: skip
+        end = builder.function.append_basic_block("end")
+        switch = builder.switch(builder.add(builder.mul(rows_, I64(64)), cols_), end)
+        for R in range(1, DOT_ROWS + 1):
+            for J in range(1, DOT_COLS + 1):
+                block = builder.function.append_basic_block(f"d{R}x{J}")
+                switch.add_case(I64(R * 64 + J), block)
+                builder.position_at_end(block)
+                _emit_dots(builder, element, VECTOR_BYTES // itemsize, R, J, where)
+                builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    return types.void(C, A, B, r0, rows, j0, cols), codegen
+
+
+def _emit_dots(builder, element, width, R, J, where):
+    """The IR of one R x J block of _dots: per lane, a sum over p of that lane, one vector of
+    p at a time; the last P mod width entries from a vector ending at P with the lanes already
+    summed set to zero; then the lanes added in a tree (halves, quarters, ...)."""
+    vector = ir.VectorType(element, width)
+    i32 = ir.IntType(32)
+    fma = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vector, [vector] * 3),
+        f"llvm.fmuladd.v{width}f{_bits(element)}",
+    )
+    P = where["P"]
+    a, a_row = where["A"]
+    b, b_row = where["B"]
+    a_rows = [
+        builder.gep(a, [builder.mul(builder.add(where["r0"], I64(r)), a_row)]) for r in range(R)
+    ]
+    b_rows = [
+        builder.gep(b, [builder.mul(builder.add(where["j0"], I64(j)), b_row)]) for j in range(J)
+    ]
+    align = _bits(element) // 8
+
+    def load(start, p):
+        pointer = builder.bitcast(builder.gep(start, [p]), vector.as_pointer())
+        return builder.load(pointer, align=align)
+
+    def step(p, sums, keep=None):
+        xs = [load(start, p) for start in a_rows]
+        ys = [load(start, p) for start in b_rows]
+        if keep is not None:
+            zero = ir.Constant(vector, [0.0] * width)
+            xs = [builder.select(keep, x, zero) for x in xs]
+            ys = [builder.select(keep, y, zero) for y in ys]
+        return [
+            [builder.call(fma, [x, y, sums[r][j]]) for j, y in enumerate(ys)]
+            for r, x in enumerate(xs)
+        ]
+
+    entry = builder.block
+    head, body, tail, done = (builder.function.append_basic_block(f"d{R}x{J}.{x}") for x in "hbtd")
+    builder.branch(head)
+    builder.position_at_end(head)
+    p = builder.phi(I64)
+    p.add_incoming(I64(0), entry)
+    phis = [[builder.phi(vector) for _ in range(J)] for _ in range(R)]
+    for phi in (x for row in phis for x in row):
+        phi.add_incoming(ir.Constant(vector, [0.0] * width), entry)
+    more = builder.icmp_signed("<=", builder.add(p, I64(width)), P)
+    builder.cbranch(more, body, tail)
+    builder.position_at_end(body)
+    new = step(p, phis)
+    p.add_incoming(builder.add(p, I64(width)), builder.block)
+    for phi_row, new_row in zip(phis, new, strict=True):
+        for phi, value in zip(phi_row, new_row, strict=True):
+            phi.add_incoming(value, builder.block)
+    builder.branch(head)
+    builder.position_at_end(tail)  # P - p < width entries left: the lanes past width - (P - p)
+    left = builder.sub(P, p)
+    lanes = ir.Constant(ir.VectorType(I64, width), list(range(width)))
+    first = builder.sub(I64(width), left)
+    first_v = builder.insert_element(
+        ir.Constant(ir.VectorType(I64, width), ir.Undefined), first, i32(0)
+    )
+    first_v = builder.shuffle_vector(
+        first_v,
+        ir.Constant(ir.VectorType(I64, width), ir.Undefined),
+        ir.Constant(ir.VectorType(i32, width), [0] * width),
+    )
+    keep = builder.icmp_signed(">=", lanes, first_v)
+    any_left = builder.icmp_signed(">", left, I64(0))
+    with_tail = builder.function.append_basic_block(f"d{R}x{J}.t2")
+    builder.cbranch(any_left, with_tail, done)
+    builder.position_at_end(with_tail)
+    tailed = step(builder.sub(P, I64(width)), phis, keep)
+    builder.branch(done)
+    builder.position_at_end(done)
+    totals = [[builder.phi(vector) for _ in range(J)] for _ in range(R)]
+    for total, before, after in zip(_flat([totals]), _flat([phis]), _flat([tailed]), strict=True):
+        total.add_incoming(before, tail)
+        total.add_incoming(after, with_tail)
+    c, c_row = where["C"]
+    for r in range(R):
+        start = builder.gep(c, [builder.mul(builder.add(where["r0"], I64(r)), c_row)])
+        for j in range(J):
+            value = _lane_sum(builder, totals[r][j], width)
+            builder.store(value, builder.gep(start, [builder.add(where["j0"], I64(j))]))
+
+
+def _lane_sum(builder, v, width):
+    """The sum of a vector's lanes: halves added, then quarters, ... (a fixed order)."""
+    i32 = ir.IntType(32)
+    while width > 1:
+        half = width // 2
+        low = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, half), list(range(half))))
+        high = builder.shuffle_vector(
+            v, v, ir.Constant(ir.VectorType(i32, half), list(range(half, width)))
+        )
+        v = builder.fadd(low, high)
+        width = half
+    return builder.extract_element(v, ir.IntType(32)(0))
+
+
 def _bits(t) -> int:
     return 64 if isinstance(t, ir.DoubleType) else 32
 
@@ -242,18 +386,23 @@ def _rows_contiguous(X) -> bool:
 def matvec(c, a, B):
     """c = a @ B for C-contiguous vectors a (P), c (N) and a matrix B (P, N) with contiguous
     rows; float32 a and B may make a float64 c. c must not overlap a or B."""
+    if not _rows_contiguous(B):
+        raise ValueError("matvec: the rows of B must be contiguous")
+    _one_row(c.reshape(1, c.size), a.reshape(1, a.size), B)
+
+
+@jit
+def _one_row(C, A, B):
+    """C[0] = A[0] @ B by matvec's panels (any strides for A)."""
     N = B.shape[1]
     if N == 0:
         return
-    if not _rows_contiguous(B):
-        raise ValueError("matvec: the rows of B must be contiguous")
-    lanes = VECTOR_BYTES // c.itemsize
+    lanes = VECTOR_BYTES // C.itemsize
     width = lanes
     while width > N:
         width //= 2
     left = (N + width - 1) // width
     most = PANEL if width == lanes else 2
-    C, A = c.reshape(1, N), a.reshape(1, a.size)
     n0 = 0
     while left > 0:
         count = min(left, most)
@@ -264,14 +413,22 @@ def matvec(c, a, B):
 
 @jit
 def gemm(A, B, C):
-    """C = A @ B, as np.dot(A, B, C), for any A (M, P), and B (P, N) and C (M, N) of one dtype
-    with contiguous rows; C must not overlap A or B. BLAS where N is under a vector or rows are
-    strided. Blocks go down the rows of C for each panel of columns, so that the panel of B
-    (P x GEMM_VECTORS vectors) stays in cache for all of them."""
+    """C = A @ B for any A (M, P), and B (P, N) and C (M, N) of one dtype with contiguous rows;
+    C must not overlap A or B. Each entry summed over p in order, in blocks of rows x columns
+    that go down the rows of C for each panel of columns (so that the panel of B, P x
+    GEMM_VECTORS vectors, stays in cache for all of them), or by scalar loops in the same order
+    for fewer columns than a vector; a single row in matvec's order. For one M, an entry is the
+    same bits however the columns are split."""
     M, N = C.shape
+    if not (_rows_contiguous(B) and _rows_contiguous(C)):
+        _loops(A, B, C)
+        return
     lanes = VECTOR_BYTES // C.itemsize
-    if N < lanes or not (_rows_contiguous(B) and _rows_contiguous(C)):
-        np.dot(A, B, C)
+    if M == 1:  # one row: matvec's two sums per entry do not wait on each other
+        _one_row(C, A, B)
+        return
+    if N < lanes:
+        _in_order(A, B, C)
         return
     n0, left = 0, (N + lanes - 1) // lanes
     while left > 0:
@@ -283,3 +440,50 @@ def gemm(A, B, C):
             r0 += rows
         n0 += count * lanes
         left -= count
+
+
+@jit
+def gemm_nt(A, B, C):
+    """C = A @ B.T for A (M, P), B (N, P) and C (M, N) of one dtype with contiguous rows; C must
+    not overlap A or B. Each entry a dot product of two rows: per vector lane, a sum over p in
+    order, then the lanes added in a tree; by plain loops where P is under a vector."""
+    M, N = C.shape
+    P = A.shape[1]
+    contiguous = _rows_contiguous(A) and _rows_contiguous(B) and _rows_contiguous(C)
+    if P < VECTOR_BYTES // C.itemsize or not contiguous:
+        _loops(A, B.T, C)
+        return
+    j0 = 0
+    while j0 < N:
+        cols = min(DOT_COLS, N - j0)
+        r0 = 0
+        while r0 < M:
+            rows = min(DOT_ROWS, M - r0)
+            _dots(C, A, B, r0, rows, j0, cols)
+            r0 += rows
+        j0 += cols
+
+
+@jit
+def _in_order(A, B, C):
+    """C = A @ B by scalar loops, each entry summed over p in order with multiply-adds in C's
+    dtype: _block's arithmetic."""
+    zero = np.zeros(1, C.dtype)[0]
+    for i in range(C.shape[0]):
+        for j in range(C.shape[1]):
+            s = zero
+            for p in range(A.shape[1]):
+                s = s + A[i, p] * B[p, j]
+            C[i, j] = s
+
+
+@jit
+def _loops(A, B, C):
+    """C = A @ B by plain loops, any strides (sums in float64): for what the vector code does
+    not take, which the engines never give it but in tiny models."""
+    for i in range(C.shape[0]):
+        for j in range(C.shape[1]):
+            s = 0.0
+            for p in range(A.shape[1]):
+                s += A[i, p] * B[p, j]
+            C[i, j] = s
