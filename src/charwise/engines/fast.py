@@ -560,11 +560,12 @@ PARALLEL_MIN = 4 * 256 * 256
 def _chunks(spec, batch: int = 1) -> int:
     """How many chunks (threads) step each layer (of `batch` streams at once: training's
     kernels.run_block parts): at most numba's threads and _cores(), one per PARALLEL_MIN / 2
-    of work (and 2 kernels.UNIT_STEP units for a batch), and a divisor of m; one below PARALLEL_MIN, one in
-    a forked child of a process that stepped on several threads (PARALLEL_PID), and one where
-    numba's threading layer is its own "workqueue" (its fallback where there is no OpenMP or
-    TBB library), which aborts the process when two threads start parallel work at once (the
-    dashboard samples for several requests at a time)."""
+    of work (and 2 kernels.UNIT_STEP units for a batch), and a divisor of m. One below
+    PARALLEL_MIN, one in a forked child of a process that stepped on several threads
+    (PARALLEL_PID), and one where numba's threading layer is its own "workqueue" (its
+    fallback where there is no OpenMP or TBB library), which aborts the process when two
+    threads start parallel work at once (the dashboard samples for several requests at a
+    time)."""
     work = spec.cell.GATES * spec.m * spec.m * batch
     if work < PARALLEL_MIN or PARALLEL_PID[:1] not in ([], [os.getpid()]):
         return 1

@@ -5,20 +5,20 @@ parameters' dtype, a whole block of updates in one compiled call (run_block).
 Each family's cell is a pair of compiled functions with one interface (cell_forward and
 cell_backward, chosen while compiling from the family's tag): numba compiles the update and the
 block once per family and dtype, only for the family in use, and caches each. Per step, the
-recurrent product of all streams is one BLAS call (np.dot, row-major (B, m) states) and the
-gates are computed by a vectorisable sigmoid and tanh (engines/numerics.py: no libm call per
-entry; float32 arithmetic for float32 arrays, else float64); the LSTM keeps tanh(c_t) from its
-forward pass for the backward one. Around the cells, _loss_and_grads does what
-reference.loss_and_grads_batch does, with products over all steps at once (dL/dh^L_t for every
-t is one product), softmax and loss in one pass (float64 inside), and the input weights'
-gradient gathered by a loop (numpy's np.add.at is ten times slower). _block is the loop of
-reference.run_block around it: chunks, resets, dropout masks from draws taken before the call,
-the finite check, the smooth loss and best snapshot, and each optimiser's step.
+recurrent products of all streams are engines/matvec.py's vector code (row-major (B, m) states), a
+large layer's units in parts on numba's threads (_steps), and the gates are computed by a
+vectorisable sigmoid and tanh (engines/numerics.py: no libm call per entry; float32 arithmetic for
+float32 arrays, else float64); the LSTM keeps tanh(c_t) from its forward pass for the backward one.
+Around the cells, _loss_and_grads does what reference.loss_and_grads_batch does, with products over
+all steps at once (dL/dh^L_t for every t is one product), softmax and loss in one pass (float64
+inside), and the input weights' gradient gathered by a loop (numpy's np.add.at is ten times slower).
+_block is the loop of reference.run_block around it: chunks, resets, dropout masks from draws taken
+before the call, the finite check, the smooth loss and best snapshot, and each optimiser's step.
 
-Rounding: the reference's sums in other orders (BLAS), fused multiply-adds (numerics.FASTMATH)
-and the exp and tanh of numerics (a few ulp): float64 results equal the reference's to ~1e-13.
-In float32 every array is float32; the nonlinearities are float32 to a few ulp (numerics), the
-loss and softmax are evaluated in float64 before being rounded.
+Rounding: the reference's sums in other orders (BLAS, engines/matvec.py), fused multiply-adds
+(numerics.FASTMATH) and the exp and tanh of numerics (a few ulp): float64 results equal the
+reference's to ~1e-13. In float32 every array is float32; the nonlinearities are float32 to a few
+ulp (numerics), the loss and softmax are evaluated in float64 before being rounded.
 """
 
 from __future__ import annotations
