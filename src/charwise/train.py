@@ -36,7 +36,7 @@ BLOCK_SECONDS = 1.0  # ... then blocks of about this long (and at most BLOCK_MAX
 # `charwise train` of the exercise takes 9 to 10 s, of any other model 24 to 26 s (the sampling
 # kernels compile in a second process beside the training ones); a cached one 1.3 s
 # and 2 s
-COMPILE_SECONDS = {True: 10, False: 25}  # by whether the run is the exercise's
+COMPILE_SECONDS = {True: 15, False: 35}  # by whether the run is the exercise's
 DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x tau ln K (a uniform guess)
 
 
@@ -320,7 +320,7 @@ class Trainer:
                 f"(once per model family and dtype, about {COMPILE_SECONDS[exercise]} s)",
             )
         t0 = time.perf_counter()
-        warm_up(storage_dtype(config.dtype), spec, exercise)
+        warm_up(storage_dtype(config.dtype), spec, exercise, config.batch)
         if time.perf_counter() - t0 > 5:
             self.emit("message", f"engine ready in {time.perf_counter() - t0:.1f} s")
 

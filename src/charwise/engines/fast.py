@@ -680,20 +680,22 @@ def _in_cache(names) -> bool:
     return all(any(folder.glob(f"**/{name}-*.nbi")) for name in names)
 
 
-WARM: set[tuple] = set()  # (dtype, family, exercise) whose kernels this process has ready
+WARM: set[tuple] = set()  # (dtype, family, exercise, parts) whose kernels this process has ready
 
 
-def warm_up(dtype, spec, exercise: bool = False) -> None:
+def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     """Compile (or load from the cache) the kernels a run of this model calls, and only those:
     training in its dtype (the exercise's kernels, or a block of a tiny model of its family: two
-    streams, dropout, Adam; one compiled block serves every optimiser and layer count), sampling
+    streams, dropout, Adam; one compiled block serves every optimiser and layer count; a second
+    one steps in parts on threads where `batch` streams of this model do: _chunks), sampling
     and validation (float64, W in the run's dtype: _packed), so that the run's first block
     measures training only. On a first start the sampling side compiles in a second process
     (_compile_aside), beside training's, and is then loaded from the cache."""
     from charwise.models import ModelSpec
     from charwise.optim import make_optimizer
 
-    key = (str(dtype), spec.family, exercise)
+    parts = 1 if exercise else _chunks(spec, batch)
+    key = (str(dtype), spec.family, exercise, parts)
     if key in WARM:
         return
     aside = _compile_aside(np.dtype(dtype), spec)
@@ -711,7 +713,11 @@ def warm_up(dtype, spec, exercise: bool = False) -> None:
             starts, lengths = np.array([[0, 1]]), np.array([[2, 1]])
             dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
             resets = np.ones((1, 2), bool)
-            run_block(state, adam, data, starts, lengths, resets, np.empty(1), dropout)
+            args = (state, adam, data, starts, lengths, resets, np.empty(1), dropout)
+            run_block(*args)
+            if parts > 1:  # the block whose steps run in parts (a type of its own: _parts_tag)
+                with _team(parts):
+                    kernels.run_block(*args, parts)
     except BaseException:
         if aside is not None:
             aside.kill()

@@ -355,13 +355,23 @@ def _units_step_by_tag(step, q, parts, t, args):
     return lambda step, q, parts, t, args: units(q, parts, t, *args)
 
 
-@jit
 def _steps(step, parts, t, args):
-    """Step t over all units: one call, or one part per thread of numba's (parts > 1)."""
-    if parts == 1:
-        _units_step(step, 0, 1, t, args)
-    else:
-        _parallel_steps(step, parts, t, args)
+    """Step t over all units (compiled code only): one call for parts of length 1, else one part
+    per thread of numba's. parts is a tuple whose length is the count (_parts_tag), so that a run on
+    one thread compiles no threaded code (numba's parallel loops took 12 of 43 s to compile)."""
+    raise NotImplementedError
+
+
+@numba.extending.overload(_steps)
+def _steps_by_count(step, parts, t, args):
+    if parts.count == 1:
+        return lambda step, parts, t, args: _units_step(step, 0, 1, t, args)
+    return lambda step, parts, t, args: _parallel_steps(step, len(parts), t, args)
+
+
+def _parts_tag(n: int) -> tuple:
+    """The parts argument of the compiled code for n parts: a tuple of that length."""
+    return (0,) * n
 
 
 @pjit
@@ -711,7 +721,7 @@ def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=Non
     args = (_c(X, np.int64), _c(Y, np.int64), _c(lengths, np.int64), h0, c0, drop, layers, V, c)
     G = spec.cell.GATES * spec.m
     ws = _workspace(TAGS[spec.family], spec.layers, T, B, V, G, masks is not None)
-    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws, parts)
+    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws, _parts_tag(parts))
     return float(loss), grads, last[: len(spec.state_names)]
 
 
@@ -736,7 +746,15 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
         float(getattr(optimizer, "alpha", 0.0)),
         *(float(b) for b in (getattr(optimizer, "beta1", 0.0), getattr(optimizer, "beta2", 0.0))),
     )
-    run = (carry, best_carry, fstate, istate, OPTIMIZER_CODES[optimizer.name], consts, parts)
+    run = (
+        carry,
+        best_carry,
+        fstate,
+        istate,
+        OPTIMIZER_CODES[optimizer.name],
+        consts,
+        _parts_tag(parts),
+    )
     lrs = np.array([optimizer.lr(state.updates + 1 + k) for k in range(n)])
     data, starts = np.ascontiguousarray(data), _c(starts, np.int64)
     lengths, resets = _c(lengths, np.int64), _c(resets, np.bool_)

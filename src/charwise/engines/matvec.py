@@ -117,8 +117,8 @@ def _matvec_variants(lanes):
         width //= 2
 
 
-def _gemm_variants(lanes):
-    yield from ((r, lanes, k) for r in range(1, GEMM_ROWS + 1) for k in range(1, GEMM_VECTORS + 1))
+def _gemm_variants(lanes):  # rows past the last full block one at a time: fewer loops to compile
+    yield from ((r, lanes, k) for r in (1, GEMM_ROWS) for k in range(1, GEMM_VECTORS + 1))
 
 
 @intrinsic
@@ -252,8 +252,8 @@ def _dots(typingctx, C, A, B, r0, rows, j0, cols):
         }  # fmt: skip
         end = builder.function.append_basic_block("end")
         switch = builder.switch(builder.add(builder.mul(rows_, I64(64)), cols_), end)
-        for R in range(1, DOT_ROWS + 1):
-            for J in range(1, DOT_COLS + 1):
+        for R in (1, DOT_ROWS):  # the rest one row or column at a time: fewer loops to compile
+            for J in (1, DOT_COLS):
                 block = builder.function.append_basic_block(f"d{R}x{J}")
                 switch.add_case(I64(R * 64 + J), block)
                 builder.position_at_end(block)
@@ -435,7 +435,7 @@ def gemm(A, B, C):
         count = min(left, GEMM_VECTORS)
         r0 = 0
         while r0 < M:
-            rows = min(GEMM_ROWS, M - r0)
+            rows = GEMM_ROWS if M - r0 >= GEMM_ROWS else 1
             _block(C, A, B, r0, rows, n0, count, lanes)
             r0 += rows
         n0 += count * lanes
@@ -455,10 +455,10 @@ def gemm_nt(A, B, C):
         return
     j0 = 0
     while j0 < N:
-        cols = min(DOT_COLS, N - j0)
+        cols = DOT_COLS if N - j0 >= DOT_COLS else 1
         r0 = 0
         while r0 < M:
-            rows = min(DOT_ROWS, M - r0)
+            rows = DOT_ROWS if M - r0 >= DOT_ROWS else 1
             _dots(C, A, B, r0, rows, j0, cols)
             r0 += rows
         j0 += cols
