@@ -560,6 +560,15 @@ def test_vectorised_tanh_and_sigmoid_are_accurate():
             assert np.isnan(got[0]) and np.allclose(got[1:], ends, rtol=0, atol=1e-37), name
 
 
+def test_powers_of_two_from_bits_are_exact():
+    """exp's 2^k, made from the bits of the float (numerics._pow2, _pow2_32), is exactly
+    numpy's ldexp over the normal range (float64 and float32)."""
+    for k in range(-1022, 1024):
+        assert numerics._pow2(float(k)) == np.ldexp(1.0, k), k
+    for k in range(-126, 128):
+        assert numerics._pow2_32(np.float32(k)) == np.ldexp(np.float32(1.0), k), k
+
+
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
     reason="numpy's and SciPy's wheels carry OpenBLAS with every x86 kernel on Linux",

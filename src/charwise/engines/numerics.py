@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from llvmlite import ir as llvmlite_ir
 
 
 def numba_cache_dir(package_writable: bool, environ) -> str | None:
@@ -62,7 +63,30 @@ LOG2E = 1.4426950408889634
 LN2_HI = 6.93147180369123816490e-01  # ln 2 split so that k * LN2_HI is exact (fdlibm)
 LN2_LO = 1.90821492927058770002e-10
 INV_FACTORIAL = np.array([1.0 / math.factorial(n) for n in range(14)])  # 1/n!, exact n!
-POW2 = np.ldexp(1.0, np.arange(-1022, 1))  # 2^k for k = -1022 .. 0, indexed by k + 1022
+
+
+@numba.extending.intrinsic
+def _float_of_bits(typingctx, bits):
+    """The float whose bits are `bits`: a float32 for an int32, a float64 for an int64 (a
+    register's reinterpretation, which LLVM vectorises; a table of powers of two read at an
+    index ran as a gather, 2.6x slower for the float32 sigmoid)."""
+    floats = {numba.types.int32: numba.types.float32, numba.types.int64: numba.types.float64}
+    if bits not in floats:
+        return None
+    kind = llvmlite_ir.FloatType() if bits == numba.types.int32 else llvmlite_ir.DoubleType()
+    return floats[bits](bits), lambda context, builder, sig, args: builder.bitcast(args[0], kind)
+
+
+@jit
+def _pow2(k):
+    """2^k for an integer-valued float64 k in -1022 .. 1023 (a normal float64: exact)."""
+    return _float_of_bits((np.int64(k) + 1023) << 52)
+
+
+@jit
+def _pow2_32(k):
+    """2^k for an integer-valued float32 k in -126 .. 127 (a normal float32: exact)."""
+    return _float_of_bits(np.int32((np.int32(k) + 127) << 23))  # numba widens int32 sums
 
 
 @jit
@@ -107,8 +131,7 @@ def _exp_nonpositive(z, out):
         k = math.floor(w * LOG2E + 0.5)
         r = (w - k * LN2_HI) - k * LN2_LO
         p = _taylor(r, 13, 0)  # exp(r) = 1/0! + r/1! + ... + r^13/13!
-        j = int(k) + 1022 if w == w else 0
-        out[i] = p * POW2[j] if w == w else w
+        out[i] = p * _pow2(k if w == w else 0.0) if w == w else w
 
 
 @jit
@@ -124,8 +147,7 @@ def _sigmoid(a, out):
         w = w if w >= EXP_MIN else EXP_MIN if w < EXP_MIN else w
         k = math.floor(w * LOG2E + 0.5)
         r = (w - k * LN2_HI) - k * LN2_LO
-        j = int(k) + 1022 if w == w else 0
-        e = _taylor(r, 13, 0) * POW2[j]
+        e = _taylor(r, 13, 0) * _pow2(k if w == w else 0.0)
         s = 1.0 / (1.0 + e)
         out[i] = s if v >= 0.0 else e * s if v < 0.0 else v
 
@@ -141,7 +163,6 @@ LOG2E32, HALF32, ONE32, TWO32 = F32(LOG2E), F32(0.5), F32(1.0), F32(2.0)
 LN2_HI32 = F32(0.693359375)  # 355 / 512: k * LN2_HI32 is exact for |k| <= 127
 LN2_LO32 = F32(math.log(2.0) - 0.693359375)
 INV_FACTORIAL32 = INV_FACTORIAL.astype(np.float32)
-POW2_32 = np.ldexp(F32(1.0), np.arange(-126, 1)).astype(np.float32)  # 2^k, indexed by k + 126
 
 
 @jit
@@ -169,8 +190,7 @@ def _sigmoid32(a, out):
         w = w if w >= EXP_MIN32 else EXP_MIN32 if w < EXP_MIN32 else w
         k = np.floor(w * LOG2E32 + HALF32)
         r = (w - k * LN2_HI32) - k * LN2_LO32
-        j = int(k) + 126 if w == w else 0
-        e = _taylor(r, 7, 0, INV_FACTORIAL32) * POW2_32[j]
+        e = _taylor(r, 7, 0, INV_FACTORIAL32) * _pow2_32(k if w == w else F32(0.0))
         s = ONE32 / (ONE32 + e)
         out[i] = s if v >= 0.0 else e * s if v < 0.0 else v
 
