@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from charwise.engines.matvec import GEMM_VECTORS, PANEL, VECTOR_BYTES, gemm, gemm_nt, matvec
+from charwise.engines.matvec import (
+    GEMM_VECTORS,
+    KC,
+    PANEL,
+    VECTOR_BYTES,
+    gemm,
+    gemm_nt,
+    gemm_tall,
+    gemm_tall_parts,
+    matvec,
+)
 
 SHAPES_N = (1, 2, 3, 5, 8, 15, 16, 17, 31, 65, 100, 129, 300, 1024)
 
@@ -138,3 +148,26 @@ def test_gemm_nt_sums_only_real_entries():
         gemm_nt(A, B, C)
         assert np.isinf(C[:, 0]).all() and np.isnan(C[:, 1]).all()
         assert (C[:, 2] == P).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_tall_and_its_parts_equal_gemm_to_the_bit(dtype):
+    # passes over KC rows of B (C accumulating), C's columns in parts on threads: each entry
+    # is gemm's sum, in order, whatever the passes and parts
+    rng = np.random.default_rng(8)
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    shapes = [(7, 3 * KC + 5, 4 * lanes), (33, KC, 2 * lanes), (5, 10, 8 * lanes)]
+    shapes += [(6, 2 * KC + 1, 3 * lanes + 5), (9, 40, lanes - 3), (4, 0, 2 * lanes)]
+    for M, P, N in shapes:
+        A = rng.standard_normal((P, M)).astype(dtype).T  # strided, as dW's dZ^T
+        B = rng.standard_normal((P, N)).astype(dtype)
+        want = np.empty((M, N), dtype)
+        gemm(A, B, want)
+        assert np.allclose(want, A @ B, rtol=1e-4, atol=1e-4)
+        got = np.full((M, N), np.nan, dtype)
+        gemm_tall(A, B, got)
+        assert np.array_equal(got, want), (M, P, N)
+        for parts in (2, 3, 64):
+            got = np.full((M, N), np.nan, dtype)
+            gemm_tall_parts(A, B, got, parts)
+            assert np.array_equal(got, want), (M, P, N, parts)

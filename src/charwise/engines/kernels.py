@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from charwise.engines.matvec import gemm, gemm_nt
+from charwise.engines.matvec import gemm, gemm_nt, gemm_tall, gemm_tall_parts
 from charwise.engines.numerics import (
     ONE32,  # the cells' 1 - x: float32 stays float32, float64 promotes it exactly (as 1.0)
     _all_finite,
@@ -369,6 +369,19 @@ def _steps_by_count(step, parts, t, args):
     return lambda step, parts, t, args: _parallel_steps(step, len(parts), t, args)
 
 
+def _product(A, B, C, parts):
+    """C = A @ B over a whole chunk (compiled code only): matvec.gemm_tall, its columns in
+    parts on numba's threads for parts of length over 1 (the same bits)."""
+    raise NotImplementedError
+
+
+@numba.extending.overload(_product)
+def _product_by_count(A, B, C, parts):
+    if parts.count == 1:
+        return lambda A, B, C, parts: gemm_tall(A, B, C)
+    return lambda A, B, C, parts: gemm_tall_parts(A, B, C, len(parts))
+
+
 def _parts_tag(n: int) -> tuple:
     """The parts argument of the compiled code for n parts: a tuple of that length."""
     return (0,) * n
@@ -494,9 +507,9 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
     flat_top = h_top.reshape(TB, m)
     np.dot(flat_top, V.T, dO)
     loss = _softmax_loss(dO, c, y, real, 1.0 / B) / B
-    np.dot(dO.T, flat_top, dV)
+    _product(dO.T, flat_top, dV, parts)
     _row_sums(dO, dc)
-    np.dot(dO, V, dH.reshape(TB, m))
+    _product(dO, V, dH.reshape(TB, m), parts)
     if drop:
         dH *= masks[L - 1, :T]
     for l in range(L - 1, -1, -1):
@@ -506,7 +519,7 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
         _copy(H_prev[0], h0[l])
         _copy(H_prev[1:].reshape((T - 1) * B, m), H[: T - 1].reshape((T - 1) * B, m))
         flat, flat_z = dUx.reshape(TB, G), dZx.reshape(TB, G)
-        np.dot(flat_z.T, H_prev.reshape(TB, m), dWs[l])
+        _product(flat_z.T, H_prev.reshape(TB, m), dWs[l], parts)
         _row_sums(flat, dbs[l])
         if bhns[l].size:
             _row_sums(flat_z[:, 2 * m :], dbhns[l])
@@ -515,8 +528,8 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
             _copy(dUs[0], dUT.T)
         else:
             below = inputs[l, :T] if drop else Hs[l - 1, :T]
-            np.dot(flat.T, below.reshape(TB, m), dUs[l])
-            np.dot(flat, Us[l], dH.reshape(TB, m))
+            _product(flat.T, below.reshape(TB, m), dUs[l], parts)
+            _product(flat, Us[l], dH.reshape(TB, m), parts)
             if drop:
                 dH *= masks[l - 1, :T]
     h_last, c_last = last

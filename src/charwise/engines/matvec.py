@@ -31,7 +31,7 @@ from numba.core import cgutils, types
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from charwise.engines.numerics import jit
+from charwise.engines.numerics import jit, numba, pjit
 
 
 def _vector_bytes(features: str) -> int:
@@ -54,6 +54,7 @@ SETS = 2  # matvec's partial sums per entry: two multiply-add chains in flight p
 PANEL = 14 if _many_registers(_FEATURES) else 6  # matvec's vectors per pass (SETS x these)
 GEMM_ROWS = 4  # gemm's block: rows of A x vectors of columns of B, held in registers
 GEMM_VECTORS = 6 if _many_registers(_FEATURES) else 3
+KC = 256  # gemm_tall: rows of B per pass (a panel of B, KC x GEMM_VECTORS, stays in cache)
 DOT_ROWS, DOT_COLS = (4, 4) if _many_registers(_FEATURES) else (2, 4)  # gemm_nt's block
 I64 = ir.IntType(64)
 
@@ -67,7 +68,7 @@ def _check(C, A, B, what):
         raise TypingError(f"{what} takes float32 or float64 arrays, A and B no wider than C")
 
 
-def _codegen(variants, sets):
+def _codegen(variants, sets, accumulate=False):
     """The code of C[rows, cols] = A[rows] @ B[:, cols] for `rows` rows from r0 and `count`
     vectors of `width` entries from column n0 (the last one moved back to end at column N if it
     would pass it): one loop per (rows, width, count) of variants, chosen at run time. Sums in
@@ -101,7 +102,7 @@ def _codegen(variants, sets):
             block = builder.function.append_basic_block(f"v{rows_}x{width_}x{count_}")
             switch.add_case(I64((rows_ * 256 + width_) * 64 + count_), block)
             builder.position_at_end(block)
-            _emit(builder, rows_, width_, count_, sets, where)
+            _emit(builder, rows_, width_, count_, sets, where, accumulate)
             builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -135,9 +136,10 @@ def _block(typingctx, C, A, B, r0, rows, n0, count, width):
     return types.void(C, A, B, r0, rows, n0, count, width), _codegen(_gemm_variants, 1)
 
 
-def _emit(builder, R, width, count, sets, where):
+def _emit(builder, R, width, count, sets, where, accumulate=False):
     """The IR of one variant: rows p < P - sets + 1 of B in steps of `sets`, with `sets` sets of
-    R x count vector sums (set s takes row p + s), the sets added, then the leftover rows."""
+    R x count vector sums (set s takes row p + s; the first starting from C's entries when
+    accumulating), the sets added, then the leftover rows."""
     c_type, a_type, b_type = where["types"]
     vector, b_vector = ir.VectorType(c_type, width), ir.VectorType(b_type, width)
     fma = cgutils.get_or_insert_function(
@@ -207,6 +209,18 @@ def _emit(builder, R, width, count, sets, where):
     tag = f"{R}x{width}x{count}"
     zero = ir.Constant(vector, [0.0] * width)
     zeros = [[[zero] * count for _ in range(R)] for _ in range(sets)]
+    c, c_row = where["C"]
+    c_rows = [
+        builder.gep(c, [builder.mul(builder.add(where["r0"], I64(r)), c_row)]) for r in range(R)
+    ]
+    if accumulate:
+        zeros[0] = [
+            [
+                builder.load(_vector_at(builder, start, o, vector), align=_bits(c_type) // 8)
+                for o in offsets
+            ]
+            for start in c_rows
+        ]
     p, sums = loop(I64(0), builder.sub(where["P"], I64(sets - 1)), sets, zeros, tag + "m")
     total = sums[0]
     for other in sums[1:]:
@@ -216,12 +230,24 @@ def _emit(builder, R, width, count, sets, where):
         ]
     if sets > 1:
         _, (total,) = loop(p, where["P"], 1, [total], tag + "r")
-    c, c_row = where["C"]
-    for r, values in enumerate(total):
-        start = builder.gep(c, [builder.mul(builder.add(where["r0"], I64(r)), c_row)])
+    for start, values in zip(c_rows, total, strict=True):
         for value, offset in zip(values, offsets, strict=True):
-            pointer = builder.bitcast(builder.gep(start, [offset]), vector.as_pointer())
-            builder.store(value, pointer, align=_bits(c_type) // 8)
+            builder.store(
+                value, _vector_at(builder, start, offset, vector), align=_bits(c_type) // 8
+            )
+
+
+def _vector_at(builder, start, offset, vector):
+    """A pointer to the vector at entry `offset` of a row."""
+    return builder.bitcast(builder.gep(start, [offset]), vector.as_pointer())
+
+
+@intrinsic
+def _block_add(typingctx, C, A, B, r0, rows, n0, count, width):
+    """_block, adding to C's entries: C[rows, cols] += A[rows] @ B[:, cols] (the sums going on
+    from C's values, in order)."""
+    _check(C, A, B, "_block_add")
+    return types.void(C, A, B, r0, rows, n0, count, width), _codegen(_gemm_variants, 1, True)
 
 
 @intrinsic
@@ -487,3 +513,55 @@ def _loops(A, B, C):
             for p in range(A.shape[1]):
                 s += A[i, p] * B[p, j]
             C[i, j] = s
+
+
+@jit
+def gemm_tall(A, B, C):
+    """gemm(A, B, C) for thousands of rows of A (the products over a whole chunk, whose panel
+    of B, P x GEMM_VECTORS vectors, would not stay in cache): in passes over KC rows of B, C
+    accumulating after the first (each entry still summed over p in order, from 0). gemm
+    where N is below a vector or the rows of B or C are not contiguous; one pass where N is
+    not a multiple of a vector (its last vector, overlapping the one before, would add the
+    overlap's sums twice)."""
+    _tall_columns(A, B, C, 0, 1)
+
+
+@pjit
+def gemm_tall_parts(A, B, C, parts):
+    """gemm_tall with C's vectors of columns in `parts` parts, one per thread of numba's: the
+    same bits as gemm_tall (an entry's sum does not depend on the columns around it)."""
+    parts = max(1, min(parts, -(-C.shape[1] * C.itemsize // VECTOR_BYTES)))
+    for q in numba.prange(parts):
+        _tall_columns(A, B, C, q, parts)
+
+
+@jit
+def _tall_columns(A, B, C, q, parts):
+    """Part q of `parts` of gemm_tall: C's vectors of columns q V / parts .. (q + 1) V / parts."""
+    M, P = A.shape
+    N = C.shape[1]
+    lanes = VECTOR_BYTES // C.itemsize
+    if N < lanes or not (_rows_contiguous(B) and _rows_contiguous(C)):
+        if q == 0:
+            gemm(A, B, C)
+        return
+    vectors = (N + lanes - 1) // lanes
+    v0, v1 = q * vectors // parts, (q + 1) * vectors // parts
+    kc = KC if N % lanes == 0 else max(P, 1)
+    p0 = 0
+    while p0 == 0 or p0 < P:
+        p1 = min(P, p0 + kc)
+        Ap, Bp = A[:, p0:p1], B[p0:p1]
+        v = v0
+        while v < v1:
+            count = min(v1 - v, GEMM_VECTORS)
+            r0 = 0
+            while r0 < M:
+                rows = GEMM_ROWS if M - r0 >= GEMM_ROWS else 1
+                if p0 == 0:
+                    _block(C, Ap, Bp, r0, rows, v * lanes, count, lanes)
+                else:
+                    _block_add(C, Ap, Bp, r0, rows, v * lanes, count, lanes)
+                r0 += rows
+            v += count
+        p0 = max(p1, 1)
