@@ -498,14 +498,14 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
             below = Hs[l - 1, :T]
             if drop:  # the layer's input: the layer below's h, masked
                 below = np.multiply(below, masks[l - 1, :T], inputs[l, :T])
-            np.dot(below.reshape(TB, m), Us[l].T, Ux.reshape(TB, G))
+            _product(below.reshape(TB, m), np.ascontiguousarray(Us[l].T), Ux.reshape(TB, G), parts)
         H, S1, S2, S3 = Hs[l, :T], S1s[l, :T], S2s[l, :T], S3s[l, :T]
         cell_forward(family, Ux, Ws[l], bs[l], bhns[l], h0[l], c0[l], H, S1, S2, S3, parts)
     h_top = Hs[L - 1, :T]
     if drop:
         h_top = np.multiply(h_top, masks[L - 1, :T], top[:T])
     flat_top = h_top.reshape(TB, m)
-    np.dot(flat_top, V.T, dO)
+    _product(flat_top, np.ascontiguousarray(V.T), dO, parts)
     loss = _softmax_loss(dO, c, y, real, 1.0 / B) / B
     _product(dO.T, flat_top, dV, parts)
     _row_sums(dO, dc)

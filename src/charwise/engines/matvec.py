@@ -55,6 +55,7 @@ PANEL = 14 if _many_registers(_FEATURES) else 6  # matvec's vectors per pass (SE
 GEMM_ROWS = 4  # gemm's block: rows of A x vectors of columns of B, held in registers
 GEMM_VECTORS = 6 if _many_registers(_FEATURES) else 3
 KC = 256  # gemm_tall: rows of B per pass (a panel of B, KC x GEMM_VECTORS, stays in cache)
+MC = 64  # gemm_tall: rows of A per block of a pass (their KC entries stay in cache)
 DOT_ROWS, DOT_COLS = (4, 4) if _many_registers(_FEATURES) else (2, 4)  # gemm_nt's block
 I64 = ir.IntType(64)
 
@@ -552,16 +553,18 @@ def _tall_columns(A, B, C, q, parts):
     while p0 == 0 or p0 < P:
         p1 = min(P, p0 + kc)
         Ap, Bp = A[:, p0:p1], B[p0:p1]
-        v = v0
-        while v < v1:
-            count = min(v1 - v, GEMM_VECTORS)
-            r0 = 0
-            while r0 < M:
-                rows = GEMM_ROWS if M - r0 >= GEMM_ROWS else 1
-                if p0 == 0:
-                    _block(C, Ap, Bp, r0, rows, v * lanes, count, lanes)
-                else:
-                    _block_add(C, Ap, Bp, r0, rows, v * lanes, count, lanes)
-                r0 += rows
-            v += count
+        for i0 in range(0, M, MC):  # MC rows of A at a time, for all the part's columns
+            i1 = min(M, i0 + MC)
+            v = v0
+            while v < v1:
+                count = min(v1 - v, GEMM_VECTORS)
+                r0 = i0
+                while r0 < i1:
+                    rows = GEMM_ROWS if i1 - r0 >= GEMM_ROWS else 1
+                    if p0 == 0:
+                        _block(C, Ap, Bp, r0, rows, v * lanes, count, lanes)
+                    else:
+                        _block_add(C, Ap, Bp, r0, rows, v * lanes, count, lanes)
+                    r0 += rows
+                v += count
         p0 = max(p1, 1)
