@@ -73,7 +73,9 @@ def _codegen(variants, sets, accumulate=False):
     """The code of C[rows, cols] = A[rows] @ B[:, cols] for `rows` rows from r0 and `count`
     vectors of `width` entries from column n0 (the last one moved back to end at column N if it
     would pass it): one loop per (rows, width, count) of variants, chosen at run time. Sums in
-    C's dtype (float32 entries of A and B are widened for a float64 C)."""
+    C's dtype (float32 entries of A and B are widened for a float64 C). accumulate: a last
+    argument `add`; where it is not 0, the sums start from C's entries (C += A @ B), the same
+    loops (a second set of loops for it took 20 s more to compile an lstm's block)."""
 
     def codegen(context, builder, signature, args):
         arrays = [
@@ -87,12 +89,13 @@ def _codegen(variants, sets, accumulate=False):
             return builder.sdiv(step, I64(dtypes[i].bitwidth // 8))
 
         C, A, B = arrays
-        r0, rows, n0, count, width = args[3:]
+        r0, rows, n0, count, width = args[3:8]
         where = {
             "P": builder.extract_value(B.shape, 0), "N": builder.extract_value(B.shape, 1),
             "r0": r0, "n0": n0, "C": (C.data, stride(0, 0)),
             "A": (A.data, stride(1, 0), stride(1, 1)), "B": (B.data, stride(2, 0)),
             "types": [context.get_data_type(t) for t in dtypes],
+            "add": builder.icmp_signed("!=", args[8], I64(0)) if accumulate else None,
         }  # fmt: skip
         end = builder.function.append_basic_block("end")
         key = builder.add(
@@ -103,7 +106,7 @@ def _codegen(variants, sets, accumulate=False):
             block = builder.function.append_basic_block(f"v{rows_}x{width_}x{count_}")
             switch.add_case(I64((rows_ * 256 + width_) * 64 + count_), block)
             builder.position_at_end(block)
-            _emit(builder, rows_, width_, count_, sets, where, accumulate)
+            _emit(builder, rows_, width_, count_, sets, where)
             builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -131,16 +134,18 @@ def _panel(typingctx, C, A, B, r0, rows, n0, count, width):
 
 
 @intrinsic
-def _block(typingctx, C, A, B, r0, rows, n0, count, width):
-    """One block of gemm: rows <= GEMM_ROWS, count <= GEMM_VECTORS, one sum per entry."""
+def _block(typingctx, C, A, B, r0, rows, n0, count, width, add):
+    """One block of gemm: rows <= GEMM_ROWS, count <= GEMM_VECTORS, one sum per entry; adding
+    to C's entries where add is not 0 (the sums going on from C's values, in order)."""
     _check(C, A, B, "_block")
-    return types.void(C, A, B, r0, rows, n0, count, width), _codegen(_gemm_variants, 1)
+    signature = types.void(C, A, B, r0, rows, n0, count, width, add)
+    return signature, _codegen(_gemm_variants, 1, True)
 
 
-def _emit(builder, R, width, count, sets, where, accumulate=False):
+def _emit(builder, R, width, count, sets, where):
     """The IR of one variant: rows p < P - sets + 1 of B in steps of `sets`, with `sets` sets of
-    R x count vector sums (set s takes row p + s; the first starting from C's entries when
-    accumulating), the sets added, then the leftover rows."""
+    R x count vector sums (set s takes row p + s; the first starting from C's entries where
+    where["add"] is true), the sets added, then the leftover rows."""
     c_type, a_type, b_type = where["types"]
     vector, b_vector = ir.VectorType(c_type, width), ir.VectorType(b_type, width)
     fma = cgutils.get_or_insert_function(
@@ -214,10 +219,14 @@ def _emit(builder, R, width, count, sets, where, accumulate=False):
     c_rows = [
         builder.gep(c, [builder.mul(builder.add(where["r0"], I64(r)), c_row)]) for r in range(R)
     ]
-    if accumulate:
+    if where["add"] is not None:
         zeros[0] = [
             [
-                builder.load(_vector_at(builder, start, o, vector), align=_bits(c_type) // 8)
+                builder.select(
+                    where["add"],
+                    builder.load(_vector_at(builder, start, o, vector), align=_bits(c_type) // 8),
+                    zero,
+                )
                 for o in offsets
             ]
             for start in c_rows
@@ -241,14 +250,6 @@ def _emit(builder, R, width, count, sets, where, accumulate=False):
 def _vector_at(builder, start, offset, vector):
     """A pointer to the vector at entry `offset` of a row."""
     return builder.bitcast(builder.gep(start, [offset]), vector.as_pointer())
-
-
-@intrinsic
-def _block_add(typingctx, C, A, B, r0, rows, n0, count, width):
-    """_block, adding to C's entries: C[rows, cols] += A[rows] @ B[:, cols] (the sums going on
-    from C's values, in order)."""
-    _check(C, A, B, "_block_add")
-    return types.void(C, A, B, r0, rows, n0, count, width), _codegen(_gemm_variants, 1, True)
 
 
 @intrinsic
@@ -463,7 +464,7 @@ def gemm(A, B, C):
         r0 = 0
         while r0 < M:
             rows = GEMM_ROWS if M - r0 >= GEMM_ROWS else 1
-            _block(C, A, B, r0, rows, n0, count, lanes)
+            _block(C, A, B, r0, rows, n0, count, lanes, 0)
             r0 += rows
         n0 += count * lanes
         left -= count
@@ -520,10 +521,10 @@ def _loops(A, B, C):
 def gemm_tall(A, B, C):
     """gemm(A, B, C) for thousands of rows of A (the products over a whole chunk, whose panel
     of B, P x GEMM_VECTORS vectors, would not stay in cache): in passes over KC rows of B, C
-    accumulating after the first (each entry still summed over p in order, from 0). gemm
-    where N is below a vector or the rows of B or C are not contiguous; one pass where N is
-    not a multiple of a vector (its last vector, overlapping the one before, would add the
-    overlap's sums twice)."""
+    accumulating after the first (each entry still summed over p in order, from 0). Scalar
+    loops in that order (_in_order) where N is below a vector or the rows of B or C are not
+    contiguous; one pass where N is not a multiple of a vector (its last vector, overlapping
+    the one before, would add the overlap's sums twice)."""
     _tall_columns(A, B, C, 0, 1)
 
 
@@ -544,7 +545,7 @@ def _tall_columns(A, B, C, q, parts):
     lanes = VECTOR_BYTES // C.itemsize
     if N < lanes or not (_rows_contiguous(B) and _rows_contiguous(C)):
         if q == 0:
-            gemm(A, B, C)
+            _in_order(A, B, C)
         return
     vectors = (N + lanes - 1) // lanes
     v0, v1 = q * vectors // parts, (q + 1) * vectors // parts
@@ -561,10 +562,7 @@ def _tall_columns(A, B, C, q, parts):
                 r0 = i0
                 while r0 < i1:
                     rows = GEMM_ROWS if i1 - r0 >= GEMM_ROWS else 1
-                    if p0 == 0:
-                        _block(C, Ap, Bp, r0, rows, v * lanes, count, lanes)
-                    else:
-                        _block_add(C, Ap, Bp, r0, rows, v * lanes, count, lanes)
+                    _block(C, Ap, Bp, r0, rows, v * lanes, count, lanes, p0)
                     r0 += rows
                 v += count
         p0 = max(p1, 1)
