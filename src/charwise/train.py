@@ -313,7 +313,7 @@ class Trainer:
             return
         spec, config = self.state.spec, self.config
         exercise = self.engine.exercise(spec, self.optimizer, config.batch, self.dropout)
-        if not self.engine.cached(spec, exercise):
+        if not self.engine.cached(spec, exercise, storage_dtype(config.dtype), config.batch):
             self.emit(
                 "message",
                 f"compiling the {self.engine_name} engine's {spec.family} kernels "

@@ -665,10 +665,34 @@ def exercise(spec, optimizer, batch: int, dropout) -> bool:
     return _kernel(spec) and batch == 1 and plain
 
 
-def cached(spec, exercise: bool = False) -> bool:
-    """Whether numba's cache holds the kernels of this model (else the first call compiles them)."""
-    names = ["fast._train_block" if exercise else "kernels._block"]
-    return _in_cache(names) and _sampling_cached(spec)
+def cached(spec, exercise: bool = False, dtype="float64", batch: int = 1) -> bool:
+    """Whether numba's cache holds the kernels a run of this model calls (else warm_up compiles
+    them): warm_up leaves a mark per family (or the exercise), dtype and threading, stamped with
+    the engine's sources, whose change makes numba compile again. (numba's index files are one
+    per function, whatever family or dtype they were compiled for: their names say nothing.)"""
+    mark = _mark(spec, exercise, dtype, batch)
+    try:
+        return mark.read_text() == _stamp()
+    except OSError:
+        return False
+
+
+def _mark(spec, exercise: bool, dtype, batch: int) -> Path:
+    threads = "" if exercise or _chunks(spec, batch) == 1 else "-threads"
+    name = f"{'exercise' if exercise else spec.family}-{np.dtype(dtype).name}{threads}"
+    return _cache_folder() / f"charwise-ready-{name}.txt"
+
+
+def _stamp() -> str:
+    """The engine's source files as numba's cache sees them (modification time and size)."""
+    files = sorted(Path(__file__).parent.glob("*.py"))
+    return "".join(f"{f.name} {f.stat().st_mtime_ns} {f.stat().st_size}\n" for f in files)
+
+
+def _cache_folder() -> Path:
+    if numba.config.CACHE_DIR:
+        return Path(numba.config.CACHE_DIR)
+    return Path(__file__).parent / "__pycache__"
 
 
 def _sampling_cached(spec) -> bool:
@@ -676,8 +700,7 @@ def _sampling_cached(spec) -> bool:
 
 
 def _in_cache(names) -> bool:
-    folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else Path(__file__).parent
-    return all(any(folder.glob(f"**/{name}-*.nbi")) for name in names)
+    return all(any(_cache_folder().glob(f"**/{name}-*.nbi")) for name in names)
 
 
 WARM: set[tuple] = set()  # (dtype, family, exercise, parts) whose kernels this process has ready
@@ -726,6 +749,10 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
         aside.wait()  # its kernels are in the cache now (or, had it failed, compile below)
     warm_sampling(np.dtype(dtype).name, spec.family, spec.layers)
     WARM.add(key)
+    try:  # a read-only cache folder: numba compiles every time, and cached() stays False
+        _mark(spec, exercise, dtype, batch).write_text(_stamp())
+    except OSError:
+        pass
 
 
 def warm_sampling(dtype: str, family: str, layers: int) -> None:
