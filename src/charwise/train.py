@@ -33,9 +33,9 @@ BLOCK_MAX = 1000  # most updates per engine call, so Ctrl-C and timed checkpoint
 FIRST_BLOCK = 10  # updates of a run's first block, before its speed is known ...
 BLOCK_SECONDS = 1.0  # ... then blocks of about this long (and at most BLOCK_MAX updates)
 # first-start compile time of the kernels, measured on a 2-core 2.6 GHz machine: a first
-# `charwise train` of the exercise takes 9 to 10 s, of any other model 24 to 26 s (the sampling
-# kernels compile in a second process beside the training ones); a cached one 1.3 s
-# and 2 s
+# `charwise train --updates 1` of the exercise takes 16 s, of an lstm or gru 39 to 40 s (the
+# sampling kernels compile in a second process beside the training ones; a model whose steps
+# run in parts on threads compiles that block too, about 80 s); a cached one 1.4 s and 2 s
 COMPILE_SECONDS = {True: 15, False: 40}  # by whether the run is the exercise's
 DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x tau ln K (a uniform guess)
 
