@@ -428,11 +428,14 @@ def test_torch_only_options_train_and_resume_exactly(settings, tmp_path):
     """bfloat16 autocast (float32 weights) and device-drawn dropout masks: a run stopped and
     resumed equals one run; their checkpoints hold float32 arrays every engine reads."""
     from charwise import checkpoint
+    from charwise.engines import torch as torch_engine
     from charwise.model import CharModel
     from charwise.train import Trainer
     from runs import assert_same_run, small_config, write_corpus
     from test_resume import interrupted_at
 
+    if settings.get("dtype") == "bfloat16" and not torch_engine.cpu_has_bfloat16():
+        pytest.skip("this CPU has no bfloat16 instructions: its refusal is tested below")
     corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
     base = dict(model="lstm", layers=2, optimizer="adam", batch=4, dropout=0.2, val_fraction=0.1)
     config = lambda: small_config("torch", eval_every=30, **base | settings)  # noqa: E731
@@ -446,6 +449,30 @@ def test_torch_only_options_train_and_resume_exactly(settings, tmp_path):
     assert np.isfinite(meta["smooth_loss"]) and meta["smooth_loss"] < 2 * 10 * np.log(27)
     model, _ = CharModel.load(tmp_path / "whole" / "best-val.npz")
     assert len(model.sample(30, seed=1)) == 30  # the reference engine samples it
+
+
+@needs_torch
+@pytest.mark.parametrize("supported", [False, True])
+def test_bfloat16_on_a_cpu_without_it_is_refused_before_the_run(supported, tmp_path, monkeypatch):
+    """Where oneDNN has no bfloat16 (an AVX2 CPU), PyTorch's LSTM under autocast fails deep in
+    the first update: charwise refuses at the start, with the fix, and leaves no run behind."""
+    from charwise.engines import torch as torch_engine
+    from charwise.errors import CharwiseError
+    from charwise.train import Trainer
+    from runs import small_config, write_corpus
+
+    monkeypatch.setattr(torch_engine, "cpu_has_bfloat16", lambda: supported)
+    corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
+    config = small_config("torch", model="lstm", dtype="bfloat16", device="cpu")
+    if supported:
+        Trainer(corpus, config, tmp_path / "run")
+        assert torch_engine.AUTOCAST
+    else:
+        with pytest.raises(CharwiseError, match="bfloat16 needs a GPU or a CPU with bfloat16.*"
+                           "use --dtype float32"):  # fmt: skip
+            Trainer(corpus, config, tmp_path / "run")
+        assert not (tmp_path / "run").exists()
+    torch_engine.use_autocast(False)
 
 
 def test_device_dropout_and_bfloat16_need_the_torch_engine(tmp_path):

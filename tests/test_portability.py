@@ -139,10 +139,11 @@ def test_reference_run_continues_and_samples_in_the_fast_engine(tmp_path):
 FORMAT2 = Path(__file__).parent / "data" / "format2-run"
 
 
-def test_format_2_run_loads_samples_and_resumes_exactly(tmp_path):
+def test_format_2_run_loads_samples_and_resumes(tmp_path):
     """A real format-2 run directory (charwise 0.1): its models load and sample, and its
-    checkpoint resumes on the whole corpus (format 2 had no held-out text), giving the
-    same numbers as today's exercise run of the same length."""
+    checkpoint resumes on the whole corpus (format 2 had no held-out text), giving the same
+    samples and passage as today's exercise run of the same length, and its numbers to within
+    rounding."""
     out = tmp_path / "old"
     shutil.copytree(FORMAT2, out)
     corpus = load_corpus(FORMAT2 / "words.txt")
@@ -158,8 +159,14 @@ def test_format_2_run_loads_samples_and_resumes_exactly(tmp_path):
     Trainer(corpus, small_config("reference", print_every=7, sample_every=20), fresh).run(
         60, progress=False
     )
-    for name in ("metrics.csv", "best_passage.txt"):
-        assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+    # Within rounding, not to the bit: the stored run was computed on another CPU, and numpy's
+    # vectorised exp and log (the softmax) differ in the last bit between CPUs with and without
+    # AVX-512 (seen: 1 ulp in a loss, 1e-13 relative in V after 60 updates); the README says so.
+    assert (out / "best_passage.txt").read_bytes() == (fresh / "best_passage.txt").read_bytes()
+    old, new = (np.loadtxt(d / "metrics.csv", delimiter=",", skiprows=1) for d in (out, fresh))
+    assert (out / "metrics.csv").read_text().split("\n")[0] == "update,epoch,loss,smooth_loss"
+    assert old.shape == new.shape == (60, 4) and np.array_equal(old[:, :2], new[:, :2])
+    np.testing.assert_allclose(old[:, 2:], new[:, 2:], rtol=1e-12, atol=0)
     # samples.txt: the same samples; format 2 wrote the smooth loss in full (and "nan" before
     # update 1), this charwise with 4 decimals
     old, new = read_samples(out / "samples.txt"), read_samples(fresh / "samples.txt")
@@ -172,4 +179,4 @@ def test_format_2_run_loads_samples_and_resumes_exactly(tmp_path):
     old, new = checkpoint.load(out / CHECKPOINT)[0], checkpoint.load(fresh / CHECKPOINT)[0]
     assert old.keys() == new.keys()
     for key, a in old.items():
-        assert np.array_equal(a, new[key]), key
+        np.testing.assert_allclose(a, new[key], rtol=1e-10, atol=0, err_msg=key)

@@ -55,7 +55,19 @@ def use_autocast(on: bool) -> None:
     """--dtype bfloat16: the layers compute in bfloat16 under torch.autocast, the weights,
     optimiser state and every update stay float32 (what checkpoints hold)."""
     global AUTOCAST
+    if on and DEVICE.type == "cpu" and not cpu_has_bfloat16():
+        raise CharwiseError(
+            "--dtype bfloat16 needs a GPU or a CPU with bfloat16 instructions (AVX-512 BF16 or "
+            "AMX), and this CPU has none (PyTorch's oneDNN cannot run its LSTM in bfloat16 "
+            "here); use --dtype float32"
+        )
     AUTOCAST = bool(on)
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether PyTorch's oneDNN computes in bfloat16 on this CPU: torch.autocast's CPU LSTM
+    runs through it, and without it fails (seen on an AVX2 CPU, AMD Zen 3)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _autocast():
