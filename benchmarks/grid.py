@@ -7,8 +7,9 @@ models against PyTorch on the CPU (as `charwise bench --model ...`: reference, f
 fast float32, torch float32 with one thread and with all), training, sampling (one stream,
 one character at a time) and validation in characters per second, interleaved repetitions,
 medians. The machine's float32 peak, measured (numpy's sgemm, 2048^3) and nominal (cores x
-clock x 16 lanes x 2 flops x 2 FMA units, AVX-512), puts the large cases in proportion; the
-machine line names the BLAS kernels that ran (OPENBLAS_CORETYPE changes them: README, "Speed").
+clock x float32 lanes of the widest vector x 2 flops x 2 FMA units), puts the large cases in
+proportion; the machine line names the BLAS kernels that ran (OPENBLAS_CORETYPE changes them:
+README, "Speed").
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ import numpy as np
 
 from charwise import bench
 from charwise.corpus import load_corpus
+from charwise.engines.matvec import VECTOR_BYTES
 from charwise.models import ModelSpec
+
+LANES = VECTOR_BYTES // 4  # float32 lanes: 16 with AVX-512, 8 with AVX2
 
 CASES = [  # family, layers, m, batch, seq length, optimizer
     ("lstm", 1, 128, 1, 25, "adam"),
@@ -47,7 +51,7 @@ def peaks() -> tuple[float, float]:
     mhz = 0.0
     with open("/proc/cpuinfo") as f:
         mhz = max(float(line.split(":")[1]) for line in f if line.startswith("cpu MHz"))
-    nominal = (os.cpu_count() or 1) * mhz / 1e3 * 16 * 2 * 2
+    nominal = (os.cpu_count() or 1) * mhz / 1e3 * LANES * 2 * 2
     a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
     a @ a
     t0, n = time.perf_counter(), 5
@@ -131,8 +135,8 @@ def main() -> None:
             f"machine: {bench.machine()}; {versions}",
             f"float32 peak: measured {measured:.0f} GFLOP/s (numpy's sgemm 2048^3, with the "
             f"kernels named above); nominal {nominal:.0f} GFLOP/s at the clock /proc/cpuinfo "
-            "reports (cores x clock x 16 lanes x 2 flops x 2 FMA units), which cores that run "
-            "faster under load exceed",
+            f"reports (cores x clock x {LANES} lanes x 2 flops x 2 FMA units), which cores "
+            "that run faster under load exceed",
             "",
             *exercise(corpus, args.repeats),
             "",
