@@ -6,6 +6,7 @@ import pytest
 from charwise.engines.matvec import (
     GEMM_VECTORS,
     KC,
+    MC,
     PANEL,
     VECTOR_BYTES,
     gemm,
@@ -152,12 +153,13 @@ def test_gemm_nt_sums_only_real_entries():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gemm_tall_and_its_parts_equal_gemm_to_the_bit(dtype):
-    # passes over KC rows of B (C accumulating), C's columns in parts on threads: each entry
-    # is gemm's sum, in order, whatever the passes and parts
+    # passes over KC rows of B (C accumulating), C's rows in parts on threads: each entry is
+    # gemm's sum, in order, whatever the passes and parts
     rng = np.random.default_rng(8)
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     shapes = [(7, 3 * KC + 5, 4 * lanes), (33, KC, 2 * lanes), (5, 10, 8 * lanes)]
     shapes += [(6, 2 * KC + 1, 3 * lanes + 5), (9, 40, lanes - 3), (4, 0, 2 * lanes)]
+    shapes += [(2 * MC + 9, KC + 3, 2 * lanes), (2 * MC + 9, 30, 2 * lanes + 3)]  # rows in parts
     for M, P, N in shapes:
         A = rng.standard_normal((P, M)).astype(dtype).T  # strided, as dW's dZ^T
         B = rng.standard_normal((P, N)).astype(dtype)

@@ -370,7 +370,7 @@ def _steps_by_count(step, parts, t, args):
 
 
 def _product(A, B, C, parts):
-    """C = A @ B over a whole chunk (compiled code only): matvec.gemm_tall, its columns in
+    """C = A @ B over a whole chunk (compiled code only): matvec.gemm_tall, its rows in
     parts on numba's threads for parts of length over 1 (the same bits)."""
     raise NotImplementedError
 

@@ -519,46 +519,29 @@ def _loops(A, B, C):
 
 @jit
 def gemm_tall(A, B, C):
-    """gemm(A, B, C) for thousands of rows of A (the products over a whole chunk, whose panel
-    of B, P x GEMM_VECTORS vectors, would not stay in cache): in passes over KC rows of B, C
-    accumulating after the first (each entry still summed over p in order, from 0). Scalar
-    loops in that order (_in_order) where N is below a vector or the rows of B or C are not
-    contiguous; one pass where N is not a multiple of a vector (its last vector, overlapping
-    the one before, would add the overlap's sums twice)."""
-    _tall_columns(A, B, C, 0, 1)
-
-
-@pjit
-def gemm_tall_parts(A, B, C, parts):
-    """gemm_tall with C's vectors of columns in `parts` parts, one per thread of numba's: the
-    same bits as gemm_tall (an entry's sum does not depend on the columns around it)."""
-    parts = max(1, min(parts, -(-C.shape[1] * C.itemsize // VECTOR_BYTES)))
-    for q in numba.prange(parts):
-        _tall_columns(A, B, C, q, parts)
-
-
-@jit
-def _tall_columns(A, B, C, q, parts):
-    """Part q of `parts` of gemm_tall: C's vectors of columns q V / parts .. (q + 1) V / parts."""
+    """gemm(A, B, C) for thousands of rows of A or P (the products over a whole chunk, whose
+    panel of B, P x GEMM_VECTORS vectors, would not stay in cache): in passes over KC rows of
+    B, C accumulating after the first (each entry still summed over p in order, from 0), each
+    pass in blocks of MC rows of A. Scalar loops in that order (_in_order) where N is below a
+    vector or the rows of B or C are not contiguous; one pass where N is not a multiple of a
+    vector (its last vector, overlapping the one before, would add the overlap's sums twice)."""
     M, P = A.shape
     N = C.shape[1]
     lanes = VECTOR_BYTES // C.itemsize
     if N < lanes or not (_rows_contiguous(B) and _rows_contiguous(C)):
-        if q == 0:
-            _in_order(A, B, C)
+        _in_order(A, B, C)
         return
     vectors = (N + lanes - 1) // lanes
-    v0, v1 = q * vectors // parts, (q + 1) * vectors // parts
     kc = KC if N % lanes == 0 else max(P, 1)
     p0 = 0
     while p0 == 0 or p0 < P:
         p1 = min(P, p0 + kc)
         Ap, Bp = A[:, p0:p1], B[p0:p1]
-        for i0 in range(0, M, MC):  # MC rows of A at a time, for all the part's columns
+        for i0 in range(0, M, MC):  # MC rows of A at a time, for all the columns
             i1 = min(M, i0 + MC)
-            v = v0
-            while v < v1:
-                count = min(v1 - v, GEMM_VECTORS)
+            v = 0
+            while v < vectors:
+                count = min(vectors - v, GEMM_VECTORS)
                 r0 = i0
                 while r0 < i1:
                     rows = GEMM_ROWS if i1 - r0 >= GEMM_ROWS else 1
@@ -566,3 +549,22 @@ def _tall_columns(A, B, C, q, parts):
                     r0 += rows
                 v += count
         p0 = max(p1, 1)
+
+
+@pjit
+def gemm_tall_parts(A, B, C, parts):
+    """gemm_tall with the rows of A and C in `parts` parts (multiples of GEMM_ROWS), one per
+    thread of numba's: the same bits as gemm_tall (an entry's sum does not depend on the rows
+    or columns around it). Rows, not columns: each thread reads half of A, which is the larger
+    operand of every product over a chunk (dW's dZ^T, read with a stride, ran at 58 instead of
+    98 GFLOP/s split by columns: AVX2, Zen 3)."""
+    M = C.shape[0]
+    parts = max(1, min(parts, M // GEMM_ROWS))
+    for q in numba.prange(parts):
+        r0, r1 = _row_split(q, parts, M), _row_split(q + 1, parts, M)
+        gemm_tall(A[r0:r1], B, C[r0:r1])
+
+
+@jit
+def _row_split(q, parts, M):
+    return M if q == parts else q * M // parts // GEMM_ROWS * GEMM_ROWS
