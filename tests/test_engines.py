@@ -468,7 +468,7 @@ def test_bfloat16_on_a_cpu_without_it_is_refused_before_the_run(supported, tmp_p
         Trainer(corpus, config, tmp_path / "run")
         assert torch_engine.AUTOCAST
     else:
-        with pytest.raises(CharwiseError, match="bfloat16 needs a GPU or a CPU with bfloat16.*"
+        with pytest.raises(CharwiseError, match="bfloat16 needs a GPU or a CPU with AVX-512.*"
                            "use --dtype float32"):  # fmt: skip
             Trainer(corpus, config, tmp_path / "run")
         assert not (tmp_path / "run").exists()

@@ -556,8 +556,8 @@ def gemm_tall_parts(A, B, C, parts):
     """gemm_tall with the rows of A and C in `parts` parts (multiples of GEMM_ROWS), one per
     thread of numba's: the same bits as gemm_tall (an entry's sum does not depend on the rows
     or columns around it). Rows, not columns: each thread reads half of A, which is the larger
-    operand of every product over a chunk (dW's dZ^T, read with a stride, ran at 58 instead of
-    98 GFLOP/s split by columns: AVX2, Zen 3)."""
+    operand of every product over a chunk (dW's dZ^T, read with a stride, ran at 78-99 GFLOP/s
+    split so, 57-71 split by columns: AVX2, Zen 3)."""
     M = C.shape[0]
     parts = max(1, min(parts, M // GEMM_ROWS))
     for q in numba.prange(parts):

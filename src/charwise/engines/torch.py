@@ -57,9 +57,8 @@ def use_autocast(on: bool) -> None:
     global AUTOCAST
     if on and DEVICE.type == "cpu" and not cpu_has_bfloat16():
         raise CharwiseError(
-            "--dtype bfloat16 needs a GPU or a CPU with bfloat16 instructions (AVX-512 BF16 or "
-            "AMX), and this CPU has none (PyTorch's oneDNN cannot run its LSTM in bfloat16 "
-            "here); use --dtype float32"
+            "--dtype bfloat16 needs a GPU or a CPU with AVX-512 (PyTorch's oneDNN has no "
+            "bfloat16 LSTM on this one); use --dtype float32"
         )
     AUTOCAST = bool(on)
 
