@@ -435,7 +435,7 @@ def test_torch_only_options_train_and_resume_exactly(settings, tmp_path):
     from test_resume import interrupted_at
 
     if settings.get("dtype") == "bfloat16" and not torch_engine.cpu_has_bfloat16():
-        pytest.skip("this CPU has no bfloat16 instructions: its refusal is tested below")
+        pytest.skip("PyTorch's oneDNN has no bfloat16 on this CPU: its refusal is tested below")
     corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
     base = dict(model="lstm", layers=2, optimizer="adam", batch=4, dropout=0.2, val_fraction=0.1)
     config = lambda: small_config("torch", eval_every=30, **base | settings)  # noqa: E731
