@@ -172,7 +172,9 @@ def test_start_watch_stop_resume_and_sample_a_run(served, browser, tmp_path):
     by(browser, "#start-btn").click()
     wait(lambda: browser.current_url.endswith("#/run/live"), what="the run page")
     wait(lambda: "charwise train --out" in by(browser, "#command").text, what="the command")
-    first = wait(lambda: points(browser, "#loss-chart"), what="training points")
+    # the run's first points wait for its compile where the numba cache lacks a kernel (about
+    # 40 s on a Zen 5, longer on a slower CPU: 60 s ran out once on a Zen 3 in CI)
+    first = wait(lambda: points(browser, "#loss-chart"), timeout=180, what="training points")
     wait(lambda: points(browser, "#loss-chart") > first, what="the chart to gain points")
     wait(lambda: points(browser, "#val-chart"), what="validation points")
     screenshots(browser, tmp_path, "run-live")
