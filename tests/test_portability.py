@@ -164,7 +164,8 @@ def test_format_2_run_loads_samples_and_resumes(tmp_path):
     # AVX-512 (seen: 1 ulp in a loss, 1e-13 relative in V after 60 updates); the README says so.
     assert (out / "best_passage.txt").read_bytes() == (fresh / "best_passage.txt").read_bytes()
     old, new = (np.loadtxt(d / "metrics.csv", delimiter=",", skiprows=1) for d in (out, fresh))
-    assert (out / "metrics.csv").read_text().split("\n")[0] == "update,epoch,loss,smooth_loss"
+    for d in (out, fresh):
+        assert (d / "metrics.csv").read_text().split("\n")[0] == "update,epoch,loss,smooth_loss"
     assert old.shape == new.shape == (60, 4) and np.array_equal(old[:, :2], new[:, :2])
     np.testing.assert_allclose(old[:, 2:], new[:, 2:], rtol=1e-12, atol=0)
     # samples.txt: the same samples; format 2 wrote the smooth loss in full (and "nan" before
