@@ -324,35 +324,36 @@ def test_chunks_follow_the_work_the_threads_and_omp_num_threads(monkeypatch):
 def test_training_in_parts_of_the_units_equals_one_thread_to_the_bit(family):
     """Training steps a layer's units in parts, one per thread (kernels._steps), each entry
     computed as by one thread: loss, gradients, last states and a block of Adam updates are
-    the same bits for any number of parts (one part is what the reference tests compare)."""
+    the same bits for any number of parts (one part is what the reference tests compare); with
+    W read in place (3 streams) and from its packed panels (5 streams: kernels._panels)."""
     from charwise.engines import kernels
     from charwise.optim import make_optimizer
     from charwise.schedule import Streams
 
     c = corpus(2000)
     rng = np.random.default_rng(8)
-    for dtype, m, drop in (
-        (np.float64, 48, False),
-        (np.float32, 48, True),
-        (np.float32, 64, False),
+    for dtype, m, drop, B in (
+        (np.float64, 48, False, 5),
+        (np.float32, 48, True, 3),
+        (np.float32, 64, False, 5),
     ):
         spec = ModelSpec(family, K=len(c.vocab), m=m, layers=2)
         params = Params.init(spec, seed=4).astype(dtype)
         for a in params.arrays():
             a += (rng.standard_normal(a.shape) * 0.2).astype(dtype)
-        X = rng.integers(0, len(c.vocab), (9, 3))
-        Y = rng.integers(0, len(c.vocab), (9, 3))
-        lengths = np.array([9, 4, 0])
-        state0 = tuple(rng.standard_normal(s.shape) * 0.5 for s in spec.zero_state(3))
-        masks = [(rng.random((3, 9, m)) > 0.3) / 0.7 for _ in range(2)] if drop else None
+        X = rng.integers(0, len(c.vocab), (9, B))
+        Y = rng.integers(0, len(c.vocab), (9, B))
+        lengths = np.array([9, 4, 0, 9, 7][:B])
+        state0 = tuple(rng.standard_normal(s.shape) * 0.5 for s in spec.zero_state(B))
+        masks = [(rng.random((B, 9, m)) > 0.3) / 0.7 for _ in range(2)] if drop else None
         results = []
         for parts in (1, 2, 3):
             loss, grads, last = kernels.loss_and_grads_batch(
                 params, X, Y, lengths, state0, masks, parts
             )
             opt = make_optimizer("adam", 0.01)
-            state = TrainState.fresh(params.copy(), batch=3, opt=opt.init_state(params))
-            block = Streams(c, 9, 3).block(0, 4)
+            state = TrainState.fresh(params.copy(), batch=B, opt=opt.init_state(params))
+            block = Streams(c, 9, B).block(0, 4)
             kernels.run_block(state, opt, c.data, *block, np.empty(4), None, parts)
             results.append((np.array(loss), *grads.arrays(), *last, *state.params.arrays()))
         for split in results[1:]:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from charwise.engines.matvec import (
+    COPY_PANELS,
     GEMM_VECTORS,
     KC,
     MC,
@@ -11,9 +12,11 @@ from charwise.engines.matvec import (
     VECTOR_BYTES,
     gemm,
     gemm_nt,
+    gemm_packed,
     gemm_tall,
     gemm_tall_parts,
     matvec,
+    pack,
 )
 
 SHAPES_N = (1, 2, 3, 5, 8, 15, 16, 17, 31, 65, 100, 129, 300, 1024)
@@ -160,6 +163,7 @@ def test_gemm_tall_and_its_parts_equal_gemm_to_the_bit(dtype):
     shapes = [(7, 3 * KC + 5, 4 * lanes), (33, KC, 2 * lanes), (5, 10, 8 * lanes)]
     shapes += [(6, 2 * KC + 1, 3 * lanes + 5), (9, 40, lanes - 3), (4, 0, 2 * lanes)]
     shapes += [(2 * MC + 9, KC + 3, 2 * lanes), (2 * MC + 9, 30, 2 * lanes + 3)]  # rows in parts
+    shapes += [(MC + 9, KC + 3, COPY_PANELS * GEMM_VECTORS * lanes + 5)]  # A's blocks copied
     for M, P, N in shapes:
         A = rng.standard_normal((P, M)).astype(dtype).T  # strided, as dW's dZ^T
         B = rng.standard_normal((P, N)).astype(dtype)
@@ -173,3 +177,32 @@ def test_gemm_tall_and_its_parts_equal_gemm_to_the_bit(dtype):
             got = np.full((M, N), np.nan, dtype)
             gemm_tall_parts(A, B, got, parts)
             assert np.array_equal(got, want), (M, P, N, parts)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_packed_panels_give_gemm_tall_bits_for_each_range_of_columns(dtype):
+    # the cells' per-step products: B's columns packed range by range (a gate's units of one
+    # part) into one buffer, each range's product from its panels alone, the same bits as
+    # gemm_tall on those columns; ranges of under a vector, of a block, of a block and a few
+    # columns (the last panel kept a vector wide), of several blocks
+    rng = np.random.default_rng(9)
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    wide = GEMM_VECTORS * lanes
+    widths = [lanes - 3, lanes, wide, wide + 1, wide + lanes - 1, wide + lanes, 3 * wide + 5]
+    cuts = np.cumsum([0] + widths)
+    N = int(cuts[-1])
+    for M in (1, 4, 9, 33):
+        for P in (0, 7, KC, 2 * KC + 3):
+            B = rng.standard_normal((N, P)).astype(dtype).T  # strided, as the forward's W^T
+            A = rng.standard_normal((M, P)).astype(dtype)
+            buf = np.full(P * N, np.nan, dtype)
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+                pack(B, buf, a, b)
+            assert not np.isnan(buf).any()
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+                want = np.empty((M, b - a), dtype)
+                gemm_tall(A, np.ascontiguousarray(B[:, a:b]), want)
+                got = np.full((M, N), np.nan, dtype)
+                gemm_packed(A, buf, a, b, got)
+                assert np.array_equal(got[:, a:b], want), (M, P, a, b)
+                assert np.isnan(np.delete(got, np.s_[a:b], axis=1)).all()

@@ -679,8 +679,15 @@ def cached(spec, exercise: bool = False, dtype="float64", batch: int = 1) -> boo
 
 def _mark(spec, exercise: bool, dtype, batch: int) -> Path:
     threads = "" if exercise or _chunks(spec, batch) == 1 else "-threads"
-    name = f"{'exercise' if exercise else spec.family}-{np.dtype(dtype).name}{threads}"
+    panels = "-panels" if not exercise and _tiny_batch(batch) == kernels.GEMM_ROWS else ""
+    name = f"{'exercise' if exercise else spec.family}-{np.dtype(dtype).name}{threads}{panels}"
     return _cache_folder() / f"charwise-ready-{name}.txt"
+
+
+def _tiny_batch(batch: int) -> int:
+    """The streams of warm_up's tiny model: as many as make the steps read W the way `batch`
+    streams do (packed in panels from kernels.GEMM_ROWS streams on: kernels._parts_tag)."""
+    return kernels.GEMM_ROWS if batch >= kernels.GEMM_ROWS else 2
 
 
 def _stamp() -> str:
@@ -732,10 +739,11 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
         else:
             tiny = Params.init(ModelSpec(spec.family, K=3, m=2, layers=2), seed=0).astype(dtype)
             adam = make_optimizer("adam", 0.01)
-            state = TrainState.fresh(tiny, batch=2, opt=adam.init_state(tiny))
-            starts, lengths = np.array([[0, 1]]), np.array([[2, 1]])
+            B = _tiny_batch(batch)
+            state = TrainState.fresh(tiny, batch=B, opt=adam.init_state(tiny))
+            starts, lengths = np.array([[0, 1, 2, 0][:B]]), np.array([[2, 1, 2, 1][:B]])
             dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
-            resets = np.ones((1, 2), bool)
+            resets = np.ones((1, B), bool)
             args = (state, adam, data, starts, lengths, resets, np.empty(1), dropout)
             run_block(*args)
             if parts > 1:  # the block whose steps run in parts (a type of its own: _parts_tag)

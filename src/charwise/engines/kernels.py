@@ -5,10 +5,11 @@ parameters' dtype, a whole block of updates in one compiled call (run_block).
 Each family's cell is a pair of compiled functions with one interface (cell_forward and
 cell_backward, chosen while compiling from the family's tag): numba compiles the update and the
 block once per family and dtype, only for the family in use, and caches each. Per step, the
-recurrent products of all streams are engines/matvec.py's vector code (row-major (B, m) states), a
-large layer's units in parts on numba's threads (_steps), and the gates are computed by a
-vectorisable sigmoid and tanh (engines/numerics.py: no libm call per entry; float32 arithmetic for
-float32 arrays, else float64); the LSTM keeps tanh(c_t) from its forward pass for the backward one.
+recurrent products of all streams are engines/matvec.py's vector code (row-major (B, m) states;
+W packed in panels once per update from 4 streams on: _panels), a large layer's units in parts
+on numba's threads (_steps), and the gates are computed by a vectorisable sigmoid and tanh
+(engines/numerics.py: no libm call per entry; float32 arithmetic for float32 arrays, else
+float64); the LSTM keeps tanh(c_t) from its forward pass for the backward one.
 Around the cells, _loss_and_grads does what reference.loss_and_grads_batch does, with products over
 all steps at once (dL/dh^L_t for every t is one product), softmax and loss in one pass (float64
 inside), and the input weights' gradient gathered by a loop (numpy's np.add.at is ten times slower).
@@ -27,7 +28,16 @@ import math
 
 import numpy as np
 
-from charwise.engines.matvec import gemm, gemm_nt, gemm_tall, gemm_tall_parts
+from charwise.engines.matvec import (
+    GEMM_ROWS,
+    gemm,
+    gemm_nt,
+    gemm_packed,
+    gemm_tall,
+    gemm_tall_parts,
+    pack,
+    split_at,
+)
 from charwise.engines.numerics import (
     ONE32,  # the cells' 1 - x: float32 stays float32, float64 promotes it exactly (as 1.0)
     _all_finite,
@@ -56,22 +66,71 @@ def _units(q, parts, m):
     """The units [j0, j1) of part q when a layer's m units are split in `parts`: split points
     at multiples of UNIT_STEP, so that every part but a layer's narrowest has at least
     one vector of units (see UNIT_STEP)."""
-    return _split(q, parts, m), _split(q + 1, parts, m)
+    return split_at(q, parts, m, UNIT_STEP), split_at(q + 1, parts, m, UNIT_STEP)
 
 
-@jit
-def _split(q, parts, m):
-    return m if q == parts else q * m // parts // UNIT_STEP * UNIT_STEP
-
-
-@jit
-def _gate_products(h, W, z, gates, j0, j1):
+def _gate_products(h, W, panels, z, gates, j0, j1, first):
     """z[:, g m + j] = h @ W[g m + j]^T for each gate g and unit j in [j0, j1): these units'
-    part of h @ W^T."""
-    m = h.shape[1]
-    for g in range(gates):
-        a, b = g * m + j0, g * m + j1
-        gemm_nt(h, W[a:b], z[:, a:b])
+    part of h @ W^T (compiled code only). From W^T's panels where panels is 1-d (_panels;
+    matvec.pack, packed at the first step by the part that reads them), else by dot products
+    of W's rows in place."""
+    raise NotImplementedError
+
+
+def _back_product(dz, W, panels, out, j0, j1, first):
+    """out[:, j0:j1] = dz @ W[:, j0:j1], W^T dL/dz_{t+1} for these units (compiled code only):
+    from W's panels where panels is 1-d, as _gate_products, else by W's rows in place."""
+    raise NotImplementedError
+
+
+def _panels(W, parts):
+    """The packed copy of W that the steps read where the parts tag says so (_parts_tag), else
+    a 2-d array of no entries (compiled code only): a step's products from W's panels ran
+    1.3-1.8x faster than from W in place (lstm m 256, batch 32, one thread, AVX2 Zen 3)."""
+    raise NotImplementedError
+
+
+@numba.extending.overload(_gate_products)
+def _gate_products_by_panels(h, W, panels, z, gates, j0, j1, first):
+    if panels.ndim == 1:
+
+        def from_panels(h, W, panels, z, gates, j0, j1, first):
+            m = h.shape[1]
+            for g in range(gates):
+                a, b = g * m + j0, g * m + j1
+                if first:
+                    pack(W.T, panels, a, b)
+                gemm_packed(h, panels, a, b, z)
+
+        return from_panels
+
+    def in_place(h, W, panels, z, gates, j0, j1, first):
+        m = h.shape[1]
+        for g in range(gates):
+            a, b = g * m + j0, g * m + j1
+            gemm_nt(h, W[a:b], z[:, a:b])
+
+    return in_place
+
+
+@numba.extending.overload(_back_product)
+def _back_product_by_panels(dz, W, panels, out, j0, j1, first):
+    if panels.ndim == 1:
+
+        def from_panels(dz, W, panels, out, j0, j1, first):
+            if first:
+                pack(W, panels, j0, j1)
+            gemm_packed(dz, panels, j0, j1, out)
+
+        return from_panels
+    return lambda dz, W, panels, out, j0, j1, first: gemm(dz, W[:, j0:j1], out[:, j0:j1])
+
+
+@numba.extending.overload(_panels)
+def _panels_by_tag(W, parts):
+    if isinstance(parts.dtype, numba.types.Float):
+        return lambda W, parts: np.empty(W.size, W.dtype)
+    return lambda W, parts: np.empty((0, 0), W.dtype)
 
 
 # Parts of a layer split at multiples of these many units: a float32 vector of AVX-512, so that
@@ -105,21 +164,21 @@ def _add_input(z, u, b):
 
 
 @jit
-def _rnn_forward_units(q, parts, t, Ux, W, b, h0, H, a):
+def _rnn_forward_units(q, parts, t, Ux, W, Wp, b, h0, H, a):
     T, B, m = H.shape
     j0, j1 = _units(q, parts, m)
-    _gate_products(H[t - 1] if t else h0, W, a, 1, j0, j1)
+    _gate_products(H[t - 1] if t else h0, W, Wp, a, 1, j0, j1, t == 0)
     for k in range(B):
         _add_input(a[k, j0:j1], Ux[t, k, j0:j1], b[j0:j1])
         tanh(a[k, j0:j1], H[t, k, j0:j1])
 
 
 @jit
-def _rnn_backward_units(q, parts, t, dH, H, W, dA, dnext):
+def _rnn_backward_units(q, parts, t, dH, H, W, Wp, dA, dnext):
     T, B, m = H.shape
     j0, j1 = _units(q, parts, m)
     if t < T - 1:
-        gemm(dA[t + 1], W[:, j0:j1], dnext[:, j0:j1])
+        _back_product(dA[t + 1], W, Wp, dnext, j0, j1, t == T - 2)
     for k in range(B):
         da, dh, dn, h = dA[t, k, j0:j1], dH[t, k, j0:j1], dnext[k, j0:j1], H[t, k, j0:j1]
         for j in range(j1 - j0):
@@ -127,11 +186,11 @@ def _rnn_backward_units(q, parts, t, dH, H, W, dA, dnext):
 
 
 @jit
-def _lstm_forward_units(q, parts, t, Ux, W, b, h0, c0, H, C, TC, gates, z):
+def _lstm_forward_units(q, parts, t, Ux, W, Wp, b, h0, c0, H, C, TC, gates, z):
     """TC: tanh(c_t), kept for the backward pass."""
     T, B, m = H.shape
     j0, j1 = _units(q, parts, m)
-    _gate_products(H[t - 1] if t else h0, W, z, 4, j0, j1)
+    _gate_products(H[t - 1] if t else h0, W, Wp, z, 4, j0, j1, t == 0)
     c_prev = C[t - 1] if t else c0
     bs = _gates(b, j0, j1, 4)
     for k in range(B):
@@ -156,11 +215,11 @@ def _lstm_forward_units(q, parts, t, Ux, W, b, h0, c0, H, C, TC, gates, z):
 
 
 @jit
-def _lstm_backward_units(q, parts, t, dH, C, TC, gates, c0, W, dZ, dh_next, dc_next):
+def _lstm_backward_units(q, parts, t, dH, C, TC, gates, c0, W, Wp, dZ, dh_next, dc_next):
     T, B, m = C.shape
     j0, j1 = _units(q, parts, m)
     if t < T - 1:
-        gemm(dZ[t + 1], W[:, j0:j1], dh_next[:, j0:j1])
+        _back_product(dZ[t + 1], W, Wp, dh_next, j0, j1, t == T - 2)
     c_prev = C[t - 1] if t else c0
     for k in range(B):
         i, f, g, o = _gates(gates[t, k], j0, j1, 4)
@@ -178,12 +237,12 @@ def _lstm_backward_units(q, parts, t, dH, C, TC, gates, c0, W, dZ, dh_next, dc_n
 
 
 @jit
-def _gru_forward_units(q, parts, t, Ux, W, b, bhn, h0, H, gates, Hn, wh, a):
+def _gru_forward_units(q, parts, t, Ux, W, Wp, b, bhn, h0, H, gates, Hn, wh, a):
     """gates: r, z, n after their nonlinearity; Hn: W_n h_{t-1} + b_hn."""
     T, B, m = H.shape
     j0, j1 = _units(q, parts, m)
     h_prev = H[t - 1] if t else h0
-    _gate_products(h_prev, W, wh, 3, j0, j1)
+    _gate_products(h_prev, W, Wp, wh, 3, j0, j1, t == 0)
     bs, bn = _gates(b, j0, j1, 3), bhn[j0:j1]
     for k in range(B):
         ws, us, gs = (
@@ -208,11 +267,11 @@ def _gru_forward_units(q, parts, t, Ux, W, b, bhn, h0, H, gates, Hn, wh, a):
 
 
 @jit
-def _gru_backward_units(q, parts, t, dH, H, gates, Hn, h0, W, dX, dWh, dh_next, dh_all):
+def _gru_backward_units(q, parts, t, dH, H, gates, Hn, h0, W, Wp, dX, dWh, dh_next, dh_all):
     T, B, m = H.shape
     j0, j1 = _units(q, parts, m)
     if t < T - 1:
-        gemm(dWh[t + 1], W[:, j0:j1], dh_next[:, j0:j1])
+        _back_product(dWh[t + 1], W, Wp, dh_next, j0, j1, t == T - 2)
         for k in range(B):
             dn, da = dh_next[k, j0:j1], dh_all[k, j0:j1]
             for j in range(j1 - j0):
@@ -268,10 +327,10 @@ def _cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
         T, B, G = Ux.shape
         z = np.empty((B, G), Ux.dtype)  # the gates' sums
         a = np.empty((B, H.shape[2]), Ux.dtype)  # the gru's candidate sums
+        Wp = _panels(W, parts)
+        args = _forward_args(family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a)
         for t in range(T):
-            _steps(
-                step, parts, t, _forward_args(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a)
-            )
+            _steps(step, parts, t, args)
 
     return forward
 
@@ -285,8 +344,9 @@ def _cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, parts):
         dh_next = np.zeros((B, m), H.dtype)  # W^T dL/dz_{t+1} (the gru's: plus dL/dh_t z)
         dc_next = np.zeros((B, m), H.dtype)  # the lstm's dL/dc_{t+1} f_{t+1}
         dh_all = np.empty((B, m), H.dtype)  # the gru's dL/dh_t z_t
+        Wp = _panels(W, parts)
         args = _backward_args(
-            family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all
+            family, dH, H, S1, S2, S3, h0, c0, W, Wp, dU, dZ, dh_next, dc_next, dh_all
         )
         for t in range(T - 1, -1, -1):
             _steps(step, parts, t, args)
@@ -295,41 +355,51 @@ def _cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, parts):
     return backward
 
 
-def _forward_args(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a):
+def _forward_args(family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a):
     """The family's forward units function's arguments after (q, parts, t) (compiled only)."""
     raise NotImplementedError
 
 
-def _backward_args(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all):
+def _backward_args(family, dH, H, S1, S2, S3, h0, c0, W, Wp, dU, dZ, dh_next, dc_next, dh_all):
     """The family's backward units function's arguments after (q, parts, t) (compiled only)."""
     raise NotImplementedError
 
 
 @numba.extending.overload(_forward_args)
-def _forward_args_by_tag(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a):
+def _forward_args_by_tag(family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a):
     if family.count == 1:
-        return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a: (Ux, W, b, h0, H, z)
-    if family.count == 2:
-        return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
-            (Ux, W, b, h0, c0, H, S1, S2, S3, z)
+        return lambda family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
+            Ux,
+            W,
+            Wp,
+            b,
+            h0,
+            H,
+            z,
         )
-    return lambda family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
-        (Ux, W, b, bhn, h0, H, S1, S2, z, a)
+    if family.count == 2:
+        return lambda family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
+            (Ux, W, Wp, b, h0, c0, H, S1, S2, S3, z)
+        )
+    return lambda family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
+        (Ux, W, Wp, b, bhn, h0, H, S1, S2, z, a)
     )
 
 
 @numba.extending.overload(_backward_args)
-def _backward_args_by_tag(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all):
+def _backward_args_by_tag(
+    family, dH, H, S1, S2, S3, h0, c0, W, Wp, dU, dZ, dh_next, dc_next, dh_all
+):
     if family.count == 1:
-        return lambda family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all: (
-            (dH, H, W, dU, dh_next)
+        return lambda family, dH, H, S1, S2, S3, h0, c0, W, Wp, dU, dZ, dh_next, dc_next, dh_all: (
+            (dH, H, W, Wp, dU, dh_next)
         )
     if family.count == 2:
-        return lambda family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all: (
-            (dH, S1, S2, S3, c0, W, dU, dh_next, dc_next)
+        return lambda family, dH, H, S1, S2, S3, h0, c0, W, Wp, dU, dZ, dh_next, dc_next, dh_all: (
+            (dH, S1, S2, S3, c0, W, Wp, dU, dh_next, dc_next)
         )
-    return lambda family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, dh_next, dc_next, dh_all: (
-        (dH, H, S1, S2, h0, W, dU, dZ, dh_next, dh_all)
+    return lambda family, dH, H, S1, S2, S3, h0, c0, W, Wp, dU, dZ, dh_next, dc_next, dh_all: (
+        (dH, H, S1, S2, h0, W, Wp, dU, dZ, dh_next, dh_all)
     )
 
 
@@ -382,9 +452,12 @@ def _product_by_count(A, B, C, parts):
     return lambda A, B, C, parts: gemm_tall_parts(A, B, C, len(parts))
 
 
-def _parts_tag(n: int) -> tuple:
-    """The parts argument of the compiled code for n parts: a tuple of that length."""
-    return (0,) * n
+def _parts_tag(n: int, B: int) -> tuple:
+    """The parts argument of the compiled code for n parts of the units of B streams: a tuple of
+    that length, of floats where the steps read W packed in panels (from GEMM_ROWS streams, a
+    block of gemm_packed's rows: _panels), else of ints, so that a run compiles one of the two
+    ways (both in one function took a threaded lstm's update from 66 to 99 s to compile)."""
+    return (0.0 if B >= GEMM_ROWS else 0,) * n
 
 
 @pjit
@@ -734,7 +807,7 @@ def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=Non
     args = (_c(X, np.int64), _c(Y, np.int64), _c(lengths, np.int64), h0, c0, drop, layers, V, c)
     G = spec.cell.GATES * spec.m
     ws = _workspace(TAGS[spec.family], spec.layers, T, B, V, G, masks is not None)
-    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws, _parts_tag(parts))
+    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws, _parts_tag(parts, B))
     return float(loss), grads, last[: len(spec.state_names)]
 
 
@@ -766,7 +839,7 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
         istate,
         OPTIMIZER_CODES[optimizer.name],
         consts,
-        _parts_tag(parts),
+        _parts_tag(parts, B),
     )
     lrs = np.array([optimizer.lr(state.updates + 1 + k) for k in range(n)])
     data, starts = np.ascontiguousarray(data), _c(starts, np.int64)
