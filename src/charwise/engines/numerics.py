@@ -77,16 +77,36 @@ def _float_of_bits(typingctx, bits):
     return floats[bits](bits), lambda context, builder, sig, args: builder.bitcast(args[0], kind)
 
 
+@numba.extending.intrinsic
+def _bits_of_float(typingctx, x):
+    """The bits of the float x: an int32 for a float32, an int64 for a float64."""
+    ints = {numba.types.float32: numba.types.int32, numba.types.float64: numba.types.int64}
+    if x not in ints:
+        return None
+    kind = llvmlite_ir.IntType(ints[x].bitwidth)
+    return ints[x](x), lambda context, builder, sig, args: builder.bitcast(args[0], kind)
+
+
+# 2^k by adding 1.5 * 2^52 (2^23): the sum's low bits are the integer k, in two's complement,
+# read by reinterpreting the float. No float-to-integer conversion: AVX2 has none that is
+# vectorised for float64 (LLVM scalarises it, and converting k back by the same), and LLVM makes
+# a NaN converted so a poison value, where these bits are merely garbage.
+ROUND64, ROUND32 = 6755399441055744.0, np.float32(12582912.0)
+
+
 @jit
 def _pow2(k):
-    """2^k for an integer-valued float64 k in -1022 .. 1023 (a normal float64: exact)."""
-    return _float_of_bits((np.int64(k) + 1023) << 52)
+    """2^k for an integer-valued float64 k in -1022 .. 1023 (a normal float64: exact); any
+    float64 for another k (NaN included)."""
+    return _float_of_bits((_bits_of_float(k + ROUND64) - _bits_of_float(ROUND64) + 1023) << 52)
 
 
 @jit
 def _pow2_32(k):
-    """2^k for an integer-valued float32 k in -126 .. 127 (a normal float32: exact)."""
-    return _float_of_bits(np.int32((np.int32(k) + 127) << 23))  # numba widens int32 sums
+    """2^k for an integer-valued float32 k in -126 .. 127 (a normal float32: exact); any
+    float32 for another k (NaN included)."""
+    bits = _bits_of_float(k + ROUND32) - _bits_of_float(ROUND32) + np.int32(127)
+    return _float_of_bits(np.int32(bits << np.int32(23)))  # numba widens int32 sums
 
 
 @jit
@@ -116,7 +136,7 @@ def _tanh(a, out):
         for _ in range(TANH_HALVINGS):
             e = e * (e + 2.0)
         t = -e / (2.0 + e)
-        out[i] = t if v >= 0.0 else -t if v < 0.0 else v  # NaN stays NaN
+        out[i] = t if v >= 0.0 else -t  # NaN stays NaN (y, e and t are NaN)
 
 
 @jit
@@ -127,11 +147,10 @@ def _exp_nonpositive(z, out):
     """
     for i in range(z.size):
         v = z[i]
-        w = v if v >= EXP_MIN else EXP_MIN if v < EXP_MIN else v
-        k = math.floor(w * LOG2E + 0.5)
+        w = EXP_MIN if v < EXP_MIN else v  # NaN stays NaN: so are k, r and the product
+        k = np.floor(w * LOG2E + 0.5)  # a float: math.floor's integer would be converted twice
         r = (w - k * LN2_HI) - k * LN2_LO
-        p = _taylor(r, 13, 0)  # exp(r) = 1/0! + r/1! + ... + r^13/13!
-        out[i] = p * _pow2(k if w == w else 0.0) if w == w else w
+        out[i] = _taylor(r, 13, 0) * _pow2(k)  # exp(r) = 1/0! + r/1! + ... + r^13/13!
 
 
 @jit
@@ -144,12 +163,12 @@ def _sigmoid(a, out):
     for i in range(a.size):
         v = np.float64(a[i])
         w = -abs(v)
-        w = w if w >= EXP_MIN else EXP_MIN if w < EXP_MIN else w
-        k = math.floor(w * LOG2E + 0.5)
+        w = EXP_MIN if w < EXP_MIN else w
+        k = np.floor(w * LOG2E + 0.5)
         r = (w - k * LN2_HI) - k * LN2_LO
-        e = _taylor(r, 13, 0) * _pow2(k if w == w else 0.0)
+        e = _taylor(r, 13, 0) * _pow2(k)
         s = 1.0 / (1.0 + e)
-        out[i] = s if v >= 0.0 else e * s if v < 0.0 else v
+        out[i] = s if v >= 0.0 else e * s
 
 
 # ---- float32 versions for float32 arrays: the same methods, float32 arithmetic, fewer terms ----
@@ -178,7 +197,7 @@ def _tanh32(a, out):
         for _ in range(TANH_HALVINGS32):
             e = e * (e + TWO32)
         t = -e / (TWO32 + e)
-        out[i] = t if v >= 0.0 else -t if v < 0.0 else v
+        out[i] = t if v >= 0.0 else -t
 
 
 @jit
@@ -187,12 +206,12 @@ def _sigmoid32(a, out):
     for i in range(a.size):
         v = a[i]
         w = -abs(v)
-        w = w if w >= EXP_MIN32 else EXP_MIN32 if w < EXP_MIN32 else w
+        w = EXP_MIN32 if w < EXP_MIN32 else w
         k = np.floor(w * LOG2E32 + HALF32)
         r = (w - k * LN2_HI32) - k * LN2_LO32
-        e = _taylor(r, 7, 0, INV_FACTORIAL32) * _pow2_32(k if w == w else F32(0.0))
+        e = _taylor(r, 7, 0, INV_FACTORIAL32) * _pow2_32(k)
         s = ONE32 / (ONE32 + e)
-        out[i] = s if v >= 0.0 else e * s if v < 0.0 else v
+        out[i] = s if v >= 0.0 else e * s
 
 
 def tanh(a, out):
