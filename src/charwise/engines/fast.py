@@ -64,20 +64,19 @@ def _transpose(A, out):
 # ---- one chunk: loss, gradients, last hidden state --------------------------------------------
 @jit
 def _step(b, UT, WT, xt, h, out, z):
-    """out = tanh(W h + U[:, xt] + b) for vectors h, out; WT = W^T, UT = U^T."""
-    matvec(out, h, WT)
-    _activate(b, UT, xt, out, z)
+    """out = tanh(W h + U[:, xt] + b) for vectors h, out (out may be h); WT = W^T, UT = U^T;
+    z: scratch of out's dtype and length (m)."""
+    matvec(z, h, WT)
+    _activate(b, UT, xt, z, out)
 
 
 @jit
-def _activate(b, UT, xt, a, z):
-    """a = tanh(a + U[:, xt] + b) in place, where a holds W h on entry; UT = U^T; z: scratch
-    of a's dtype (tanh in float32 arithmetic for float32: numerics.tanh)."""
+def _activate(b, UT, xt, a, out):
+    """out = tanh(a + U[:, xt] + b), where a holds W h on entry and is overwritten; UT = U^T
+    (tanh in float32 arithmetic where a and out are float32: numerics.tanh)."""
     for i in range(b.size):
         a[i] = a[i] + UT[xt, i] + b[i]
-    tanh(a, z[: b.size])
-    for i in range(b.size):
-        a[i] = z[i]
+    tanh(a, out)
 
 
 @jit
@@ -314,12 +313,11 @@ def _sample(b, c, U, W, V, h0, x0, uniforms, temperature, top_p, stop, out) -> i
     _transpose(W, B[:, :m])
     _transpose(V, B[:, m:])
     h, wv = h0.copy(), np.empty(m + K)
-    o, p, z64 = np.empty(K), np.empty(K), np.empty(max(m, K))
+    o, p = np.empty(K), np.empty(K)
     matvec(wv, h, B)
     x = x0
     for i in range(out.size):
-        h[:] = wv[:m]
-        _activate(b, UT, x, h, z64)  # h_t from W h_{t-1} and x
+        _activate(b, UT, x, wv[:m], h)  # h_t from W h_{t-1} and x
         matvec(wv, h, B)  # W h_t for the next step, and the logits V h_t
         for k in range(K):
             o[k] = wv[m + k] + c[k]
@@ -336,13 +334,10 @@ def _advance(b, U, W, h0, x):
     m = b.size
     WT, UT = np.empty((m, m)), np.ascontiguousarray(U.T)
     _transpose(W, WT)
-    h = np.empty((2, m))
-    h[0] = h0
-    z64 = np.empty(m)
+    h, z64 = h0.copy(), np.empty(m)
     for t in range(x.size):
-        _step(b, UT, WT, x[t], h[0], h[1], z64)
-        h[0] = h[1]
-    return h[0].copy()
+        _step(b, UT, WT, x[t], h, h, z64)
+    return h
 
 
 @jit
@@ -354,13 +349,12 @@ def _evaluate(b, c, U, W, V, data, runs):
     WT, VT = np.empty((m, m)), np.empty((m, K))
     _transpose(W, WT)
     _transpose(V, VT)
-    h, a, o, z64 = np.empty(m), np.empty(m), np.empty(K), np.empty(max(m, 2 * K))
+    h, o, z64 = np.empty(m), np.empty(K), np.empty(max(m, 2 * K))
     total, count = 0.0, 0
     for r in range(len(runs)):
         h[:] = 0.0
         for s in range(runs[r, 0], runs[r, 1] - 1):
-            _step(b, UT, WT, data[s], h, a, z64)
-            h[:] = a
+            _step(b, UT, WT, data[s], h, h, z64[:m])
             matvec(o, h, VT)
             total += _nll(o, c, data[s + 1], z64)[0]
             count += 1

@@ -369,13 +369,7 @@ def _backward_args(family, dH, H, S1, S2, S3, h0, c0, W, Wp, dU, dZ, dh_next, dc
 def _forward_args_by_tag(family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a):
     if family.count == 1:
         return lambda family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
-            Ux,
-            W,
-            Wp,
-            b,
-            h0,
-            H,
-            z,
+            (Ux, W, Wp, b, h0, H, z)
         )
     if family.count == 2:
         return lambda family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
