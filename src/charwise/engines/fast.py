@@ -8,10 +8,8 @@ holds its sums in registers (engines/matvec.py: 2-3x faster than BLAS at these s
 call and packing cost more than the arithmetic), a vectorisable tanh and exp,
 AdaGrad on the touched columns of U only (the others have a zero gradient, for which the
 step is exactly a no-op; U is held transposed during a block, so those columns are
-contiguous) with 1/sqrt by Newton steps, W and V held transposed during a block too (as the
-forward steps and the logits read them; the backward's products by them are dot products of
-their rows), the best-model snapshot taken in the AdaGrad pass, and whole blocks of updates in
-one compiled call.
+contiguous) with 1/sqrt by Newton steps, the best-model snapshot taken in
+the AdaGrad pass, and whole blocks of updates in one compiled call.
 
 Every other model (any family, layers, batch, dropout, optimiser, schedule, float64 or float32)
 trains by kernels.py (the reference's equations, every time loop compiled), and samples, advances
@@ -36,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from charwise.engines import kernels, reference
-from charwise.engines.matvec import gemm, gemm_nt, matvec
+from charwise.engines.matvec import gemm, matvec
 from charwise.engines.numerics import (
     _all_finite,
     _exp_nonpositive,
@@ -82,16 +80,19 @@ def _activate(b, UT, xt, a, out):
 
 
 @jit
-def _loss_and_grads(b, c, UT, WT, VT, x, y, h0, ws, z64, grads) -> float:
-    """L for one chunk; fills grads (db, dc, dU^T, dW^T, dV^T) from the parameters, U, W and V
-    transposed (UT = U^T, ...); dU^T only on the rows of x, which must be zero on entry.
+def _loss_and_grads(b, c, UT, W, V, x, y, h0, ws, z64, grads) -> float:
+    """L for one chunk; fills grads (db, dc, dU^T, dW, dV) from UT = U^T and the other
+    parameters; dU^T only on the rows of x, which must be zero on entry.
 
-    ws = (H, P, dH, dA) in the parameters' dtype: H (n+1, m) with H[0] = h0, logits then dL/do
-    (n, K), V^T dL/do_t (n, m), dL/da_t (n + 1, m: one spare row); z64: float64 scratch.
+    ws = (WT, VT, H, P, dH, dA) in the parameters' dtype: W^T, V^T, H (n+1, m) with H[0] = h0,
+    logits then dL/do (n, K), V^T dL/do_t (n, m), dL/da_t (n + 1, m: one spare row);
+    z64: float64 scratch.
     """
-    H, P, dH, dA = ws
-    db, dc, dUT, dWT, dVT = grads
+    WT, VT, H, P, dH, dA = ws
+    db, dc, dUT, dW, dV = grads
     n, m, K = len(x), b.size, c.size
+    _transpose(W, WT)
+    _transpose(V, VT)
     H[0] = h0
     for t in range(n):  # dA's spare row: scratch of the parameters' dtype until the backward
         _step(b, UT, WT, x[t], H[t], H[t + 1], dA[n])
@@ -109,8 +110,8 @@ def _loss_and_grads(b, c, UT, WT, VT, x, y, h0, ws, z64, grads) -> float:
     for t in range(n):
         for k in range(K):
             dc[k] = dc[k] + dO[t, k]
-    gemm(H[1 : n + 1].T, dO, dVT)  # dV^T = H^T dO
-    gemm_nt(dO, VT, dH[:n])  # row t: V^T dL/do_t, dot products of rows
+    gemm(dO.T, H[1 : n + 1], dV)  # dV = dO^T H
+    gemm(dO, V, dH[:n])  # row t: V^T dL/do_t
     dnext = dA[n]  # W^T dL/da_{t+1}, in the spare last row of dA
     dnext[:] = 0.0
     for t in range(n - 1, -1, -1):  # dL/da_t = (V^T dL/do_t + W^T dL/da_{t+1}) * (1 - h_t^2)
@@ -118,8 +119,8 @@ def _loss_and_grads(b, c, UT, WT, VT, x, y, h0, ws, z64, grads) -> float:
         for i in range(m):
             da[i] = (dH[t, i] + dnext[i]) * (1.0 - h[i] * h[i])
         if t > 0:
-            gemm_nt(dA[t : t + 1], WT, dA[n:])  # W^T da: dot products of W^T's rows
-    gemm(H[:n].T, dA[:n], dWT)  # dW^T = H_prev^T dA
+            matvec(dnext, da, W)
+    gemm(dA[:n].T, H[:n], dW)  # dW = dA^T H_prev
     db[:] = 0.0
     for t in range(n):
         for i in range(m):
@@ -157,17 +158,22 @@ def _adagrad(p, g, G, eta, eps, clip, snapshot, save, newton):
 
 
 @jit
-def _workspace(m, K, n, dt):
-    """Scratch arrays for chunks of up to n characters: (H, P, dH, dA), z64, grads
-    (db, dc, dU^T, dW^T, dV^T)."""
+def _workspace(params, n):
+    """Scratch arrays for chunks of up to n characters: (WT, VT, H, P, dH, dA), z64, grads
+    (db, dc, dU^T, dW, dV)."""
+    b, c, U, W, V = params
+    m, K = b.size, c.size
+    dt = b.dtype
     ws = (
+        np.empty((m, m), dt),
+        np.empty((m, K), dt),
         np.empty((n + 1, m), dt),
         np.empty((n, K), dt),
         np.empty((n, m), dt),
         np.empty((n + 1, m), dt),
     )
     grads = (np.empty(m, dt), np.empty(K, dt), np.zeros((K, m), dt), np.empty((m, m), dt))
-    return ws, np.empty(max(m, 2 * K)), grads + (np.empty((m, K), dt),)
+    return ws, np.empty(max(m, 2 * K)), grads + (np.empty((K, m), dt),)
 
 
 @jit
@@ -192,38 +198,27 @@ def _train_block(
     """The loop of reference.train_block, compiled; scalars of the state live in
     fstate = [smooth_loss, best_smooth] and istate = [updates, best_update, best_x0].
 
-    U, W and V, their AdaGrad sums and best copies are held transposed during the block (U: the
-    columns a chunk reads and updates are contiguous rows; W and V: as the products read them,
-    not transposed again for every update); they are written back at the end.
+    U, its AdaGrad sums and its best copy are held transposed during the block, so that the
+    columns a chunk reads and updates are contiguous rows; they are written back at the end.
     """
-    b, c = params[0], params[1]
-    m, K = b.size, c.size
-    UT, WT, VT = (
-        np.ascontiguousarray(params[2].T),
-        np.ascontiguousarray(params[3].T),
-        np.ascontiguousarray(params[4].T),
-    )
-    GUT, GWT, GVT = (
-        np.ascontiguousarray(G[2].T),
-        np.ascontiguousarray(G[3].T),
-        np.ascontiguousarray(G[4].T),
-    )
-    bestUT, bestWT, bestVT = np.empty_like(UT), np.empty_like(WT), np.empty_like(VT)
+    b, c, U, W, V = params
+    K = c.size
+    UT, GUT = np.ascontiguousarray(U.T), np.ascontiguousarray(G[2].T)
+    bestUT = np.empty_like(UT)
     best_update = istate[1]
     done = len(starts)
-    n_most = max(lengths.max(), 1) if len(lengths) else 1
-    ws, z64, grads = _workspace(m, K, n_most, b.dtype)
-    db, dc, dUT, dWT, dVT = grads
+    ws, z64, grads = _workspace(params, max(lengths.max(), 1) if len(lengths) else 1)
+    db, dc, dUT, dW, dV = grads
     touched = np.zeros(K, np.bool_)
     for k in range(len(starts)):
         if resets[k]:
             h[:] = 0.0
         s, n = starts[k], lengths[k]
         x, y = data[s : s + n], data[s + 1 : s + n + 1]
-        L = _loss_and_grads(b, c, UT, WT, VT, x, y, h, ws, z64, grads)
+        L = _loss_and_grads(b, c, UT, W, V, x, y, h, ws, z64, grads)
         losses[k] = L
         finite = math.isfinite(L) and _all_finite(db) and _all_finite(dc)
-        finite = finite and _all_finite(dWT.ravel()) and _all_finite(dVT.ravel())
+        finite = finite and _all_finite(dW.ravel()) and _all_finite(dV.ravel())
         for t in range(n):
             finite = finite and _all_finite(dUT[x[t]])
         if not finite:
@@ -239,8 +234,8 @@ def _train_block(
             fstate[1] = fstate[0]
         _adagrad(b, db, G[0], eta, eps, clip, best[0], save, newton)
         _adagrad(c, dc, G[1], eta, eps, clip, best[1], save, newton)
-        _adagrad(WT.ravel(), dWT.ravel(), GWT.ravel(), eta, eps, clip, bestWT.ravel(), save, newton)
-        _adagrad(VT.ravel(), dVT.ravel(), GVT.ravel(), eta, eps, clip, bestVT.ravel(), save, newton)
+        _adagrad(W.ravel(), dW.ravel(), G[3].ravel(), eta, eps, clip, best[3].ravel(), save, newton)
+        _adagrad(V.ravel(), dV.ravel(), G[4].ravel(), eta, eps, clip, best[4].ravel(), save, newton)
         for t in range(n):  # columns of U outside x have g = 0: their step is exactly a no-op
             j = x[t]
             if not touched[j]:
@@ -249,23 +244,13 @@ def _train_block(
         for t in range(n):
             touched[x[t]] = False
             dUT[x[t]] = 0.0
-        h[:] = ws[0][n]
+        h[:] = ws[2][n]
         istate[0] += 1
-    snapshot = istate[1] != best_update  # a snapshot was taken in this block
-    _untranspose(params[2], G[2], best[2], UT, GUT, bestUT, snapshot)
-    _untranspose(params[3], G[3], best[3], WT, GWT, bestWT, snapshot)
-    _untranspose(params[4], G[4], best[4], VT, GVT, bestVT, snapshot)
+    U[:] = UT.T
+    G[2][:] = GUT.T
+    if istate[1] != best_update:  # a snapshot was taken in this block
+        best[2][:] = bestUT.T
     return done
-
-
-@jit
-def _untranspose(P, GP, bestP, PT, GPT, bestPT, snapshot):
-    """A parameter, its AdaGrad sums and (after a snapshot) its best copy from the transposed
-    ones held during a block."""
-    P[:] = PT.T
-    GP[:] = GPT.T
-    if snapshot:
-        bestP[:] = bestPT.T
 
 
 # ---- sampling -------------------------------------------------------------------------------
@@ -834,14 +819,14 @@ def loss_and_grads(params: Params, x, y, h0=None, lengths=None, masks=None):
         return reference.loss_and_grads(params, x, y, h0, lengths, masks, batch)
     x, y = _indices(x), _indices(y)
     b, c, U, W, V = params.arrays()
-    UT, WT, VT = (np.ascontiguousarray(a.T) for a in (U, W, V))
-    ws, z64, grads = _workspace(b.size, c.size, len(x), params.dtype)
+    arrays = (b, c, np.ascontiguousarray(U.T), W, V)
+    ws, z64, grads = _workspace(arrays, len(x))
     h = np.ascontiguousarray(np.reshape(h0[0] if isinstance(h0, tuple) else h0, -1), params.dtype)
-    L = _loss_and_grads(b, c, UT, WT, VT, x, y, h, ws, z64, grads)
-    db, dc, dUT, dWT, dVT = grads
-    h_last = ws[0][len(x)].copy()
+    L = _loss_and_grads(*arrays, x, y, h, ws, z64, grads)
+    db, dc, dUT, dW, dV = grads
+    h_last = ws[2][len(x)].copy()
     last = (h_last.reshape(1, 1, -1),) if isinstance(h0, tuple) else h_last
-    return float(L), RNNParams(db, dc, *(g.T.copy() for g in (dUT, dWT, dVT))), last
+    return float(L), RNNParams(db, dc, dUT.T.copy(), dW, dV), last
 
 
 def advance(params: Params, h0, x):
