@@ -73,6 +73,32 @@ def test_a_held_folder_refuses_resume_too(tmp_path):
     Trainer.resume(out, corpus).run(50, progress=False)  # released at the end of run()
 
 
+def test_a_run_seen_stopped_shows_its_last_checkpoint(tmp_path, monkeypatch):
+    """A process writes its last checkpoint, then lets go of the lock; describe() catching that
+    moment between its reads must not show the run stopped with the checkpoint before."""
+    from charwise import checkpoint, rundir
+
+    corpus = load_corpus(write_corpus(tmp_path / "words.txt"))
+    out = tmp_path / "run"
+    Trainer(corpus, small_config("reference"), out).run(20, progress=False)
+    holder = Trainer.resume(out, corpus)  # holds the lock, as a running process does
+    read_meta, reads = checkpoint.read_meta, []
+
+    def read_then_the_run_ends(path):
+        meta = read_meta(path)
+        if not reads:  # the run's last checkpoint lands and it lets go, just after this read
+            reads.append(meta["updates"])
+            holder.run(40, progress=False)
+        return meta
+
+    monkeypatch.setattr(checkpoint, "read_meta", read_then_the_run_ends)
+    seen = rundir.describe(out)
+    assert reads == [20] and checkpoint.read_meta(out / "checkpoint.npz")["updates"] == 40
+    assert not rundir.is_running(out)
+    assert (seen["status"], seen["updates"]) == ("running", 20)  # true when it looked
+    assert (rundir.describe(out)["status"], rundir.describe(out)["updates"]) == ("finished", 40)
+
+
 def test_new_folders_never_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "strftime", lambda fmt: "20261130-120000")  # the same second

@@ -283,6 +283,9 @@ def describe(out: Path) -> dict | None:
 
     if not (out / CHECKPOINT).is_file():
         return None
+    # the lock first: a process writes its last checkpoint before it lets go, so a run seen
+    # stopped here is read after that write (read first, a stop in between showed stale updates)
+    running = is_running(out)
     try:
         meta = checkpoint.read_meta(out / CHECKPOINT)
         config = meta["config"]
@@ -295,7 +298,7 @@ def describe(out: Path) -> dict | None:
     done = updates >= target if target else bool(minutes) and seconds >= 60 * minutes
     done = done or meta.get("early_stopped") is True
     final = out / FINAL
-    status = "running" if is_running(out) else "stopped"
+    status = "running" if running else "stopped"
     if status == "stopped" and done and final.is_file():
         status = (
             "finished" if final.stat().st_mtime >= (out / CHECKPOINT).stat().st_mtime else status
