@@ -15,6 +15,7 @@ from click.testing import CliRunner
 import charwise
 from charwise.cli import main
 from charwise.corpus import load_corpus
+from charwise.engines import fast
 from charwise.errors import CharwiseError
 from charwise.events import Progress
 from charwise.train import Trainer, read_samples
@@ -41,15 +42,39 @@ def test_the_first_start_says_it_compiles_and_later_ones_do_not(corpus_file, tmp
         done = subprocess.run([sys.executable, "-m", "charwise", *map(str, args)], env=env,
                               capture_output=True, text=True, check=True)  # fmt: skip
         outputs.append(done.stdout)
-    assert "compiling the fast engine's rnn kernels (once per model family and dtype" in outputs[0]
+    # no compile timed yet: the estimate measured on the machine of fast.COMPILE_SECONDS
+    said = "compiling the fast engine's rnn kernels (once per model family and dtype, about 15 s)"
+    assert said in outputs[0]
     assert "compiling" not in outputs[1]
+    speed = tmp_path / "numba" / fast.COMPILE_SPEED  # this machine's time against those
     for run, family, compiles in (("c", "gru", True), ("d", "lstm", True), ("e", "gru", False)):
+        ratio = float(speed.read_text())
         args = ["train", corpus_file, "--out", tmp_path / run, "--updates", 3, "--model", family]
         done = subprocess.run([sys.executable, "-m", "charwise", *map(str, args)], env=env,
                               capture_output=True, text=True, check=True)  # fmt: skip
-        # each family when first used, though another family's kernels are in the cache
+        # each family when first used, though another family's kernels are in the cache, with
+        # the time the last whole compile on this machine implies for it
         said = f"compiling the fast engine's {family} kernels" in done.stdout
         assert said == compiles, (family, done.stdout)
+        about = f"about {max(5, round(40 * ratio / 5) * 5)} s)"
+        assert (about in done.stdout) == compiles, (about, done.stdout)
+        if compiles:  # the ratio is that of this compile now, which the trainer timed too
+            ready = float(done.stdout.split("engine ready in ")[1].split(" s")[0])
+            assert 0.9 < float(speed.read_text()) * 40 / ready < 1.01, (speed.read_text(), ready)
+
+
+def test_the_compile_estimate_scales_by_this_machines_last_whole_compile(tmp_path, monkeypatch):
+    from charwise.models import ModelSpec
+
+    monkeypatch.setattr(fast, "_cache_folder", lambda: tmp_path)
+    lstm, big = ModelSpec("lstm", 65, 128), ModelSpec("lstm", 65, 256)
+    monkeypatch.setattr(fast, "_chunks", lambda spec, batch=1: 2 if batch > 1 else 1)
+    assert fast.compile_estimate(lstm) == 40 and fast.compile_estimate(big, True) == 15
+    for text, ratio in (("2.5\n", 2.5), ("0.4", 0.4), ("", 1.0), ("nan", 1.0), ("1e9", 1.0)):
+        (tmp_path / fast.COMPILE_SPEED).write_text(text)
+        estimates = [fast.compile_estimate(big, True), fast.compile_estimate(lstm)]
+        estimates.append(fast.compile_estimate(big, batch=32))  # steps in parts on threads
+        assert estimates == [15 * ratio, 40 * ratio, 80 * ratio], text
 
 
 def test_progress_bar_fits_80_columns(corpus_file, tmp_path, monkeypatch):

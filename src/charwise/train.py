@@ -32,11 +32,6 @@ from charwise.vocab import Vocab
 BLOCK_MAX = 1000  # most updates per engine call, so Ctrl-C and timed checkpoints stay prompt
 FIRST_BLOCK = 10  # updates of a run's first block, before its speed is known ...
 BLOCK_SECONDS = 1.0  # ... then blocks of about this long (and at most BLOCK_MAX updates)
-# first-start compile time of the kernels, measured on a 2-core 2.6 GHz machine: a first
-# `charwise train --updates 1` of the exercise takes 16 s, of an lstm or gru 39 to 40 s (the
-# sampling kernels compile in a second process beside the training ones; a model whose steps
-# run in parts on threads compiles that block too, about 80 s); a cached one 1.4 s and 2 s
-COMPILE_SECONDS = {True: 15, False: 40}  # by whether the run is the exercise's
 DIVERGE_FACTOR = 2.0  # stop when the smooth loss exceeds this x tau ln K (a uniform guess)
 
 
@@ -314,10 +309,11 @@ class Trainer:
         spec, config = self.state.spec, self.config
         exercise = self.engine.exercise(spec, self.optimizer, config.batch, self.dropout)
         if not self.engine.cached(spec, exercise, storage_dtype(config.dtype), config.batch):
+            seconds = self.engine.compile_estimate(spec, exercise, config.batch)
             self.emit(
                 "message",
                 f"compiling the {self.engine_name} engine's {spec.family} kernels "
-                f"(once per model family and dtype, about {COMPILE_SECONDS[exercise]} s)",
+                f"(once per model family and dtype, about {max(5, round(seconds / 5) * 5)} s)",
             )
         t0 = time.perf_counter()
         warm_up(storage_dtype(config.dtype), spec, exercise, config.batch)

@@ -29,10 +29,12 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
+from charwise import safeio
 from charwise.engines import kernels, reference
 from charwise.engines.matvec import gemm, matvec
 from charwise.engines.numerics import (
@@ -671,6 +673,31 @@ def cached(spec, exercise: bool = False, dtype="float64", batch: int = 1) -> boo
         return False
 
 
+# How long warm_up takes to compile a run's kernels on a first start, in seconds, on the 2-core
+# 2.6 GHz machine they were measured on (a first `charwise train --updates 1`: the exercise 16 s,
+# an lstm or gru 39 to 40, one whose steps run in parts on threads, which compiles that block too,
+# 81); on a 2-core Zen 3 VM the same took 2.4 to 2.7 times as long. warm_up keeps this machine's
+# ratio to them (COMPILE_SPEED in the cache folder) and compile_estimate scales them by it.
+COMPILE_SECONDS = {"exercise": 15.0, "family": 40.0, "threads": 80.0}
+COMPILE_SPEED = "charwise-compile-speed.txt"
+
+
+def _compile_kind(spec, exercise: bool, batch: int) -> str:
+    return "exercise" if exercise else "family" if _chunks(spec, batch) == 1 else "threads"
+
+
+def compile_estimate(spec, exercise: bool = False, batch: int = 1) -> float:
+    """About how many seconds warm_up takes where nothing of this model is in numba's cache:
+    COMPILE_SECONDS times how long this machine's last whole compile took against them (1 until
+    one was timed, or where the record is unreadable)."""
+    try:
+        ratio = float((_cache_folder() / COMPILE_SPEED).read_text())
+    except (OSError, ValueError):
+        ratio = 1.0
+    ratio = ratio if 0.05 <= ratio <= 50 else 1.0  # also NaN: a record no compile could make
+    return COMPILE_SECONDS[_compile_kind(spec, exercise, batch)] * ratio
+
+
 def _mark(spec, exercise: bool, dtype, batch: int) -> Path:
     threads = "" if exercise or _chunks(spec, batch) == 1 else "-threads"
     panels = "-panels" if not exercise and _tiny_batch(batch) == kernels.GEMM_ROWS else ""
@@ -722,6 +749,11 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     key = (str(dtype), spec.family, exercise, parts)
     if key in WARM:
         return
+    # timed for compile_estimate on the first compile of this family (or the exercise): one
+    # that finds another dtype's or threading's kernels in the cache would time too short
+    family = "exercise" if exercise else spec.family
+    whole = not any(_cache_folder().glob(f"charwise-ready-{family}-*.txt"))
+    t0 = time.perf_counter()
     aside = _compile_aside(np.dtype(dtype), spec)
     try:
         data = np.array([0, 1, 2, 1, 0], dtype=np.uint8)
@@ -753,6 +785,10 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     WARM.add(key)
     try:  # a read-only cache folder: numba compiles every time, and cached() stays False
         _mark(spec, exercise, dtype, batch).write_text(_stamp())
+        if whole:
+            seconds = time.perf_counter() - t0
+            ratio = seconds / COMPILE_SECONDS[_compile_kind(spec, exercise, batch)]
+            safeio.write_text(_cache_folder() / COMPILE_SPEED, f"{ratio:.3f}\n")
     except OSError:
         pass
 
