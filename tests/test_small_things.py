@@ -195,3 +195,27 @@ def test_a_large_gradient_check_says_how_much_work_it_is(corpus_file):
     assert result.stderr == "checking 30,777 entries, two forward passes each\n"
     small = cli("gradcheck", corpus_file)
     assert small.stderr == "" and small.output.count("\n") == 7
+
+
+def test_a_first_compile_is_timed_once_per_family_and_source(tmp_path, monkeypatch):
+    """warm_up keeps the time of a family's first compile since the engine's sources changed
+    (a mark left by other sources does not count), not of a compile that found its family's
+    kernels of another dtype in the cache."""
+    from charwise.models import ModelSpec
+
+    spec = ModelSpec("rnn", 65, 100)
+    monkeypatch.setattr(fast, "_cache_folder", lambda: tmp_path)
+    monkeypatch.setattr(fast, "_compile_aside", lambda dtype, spec: None)
+    speed = tmp_path / fast.COMPILE_SPEED
+    (tmp_path / "charwise-ready-exercise-float32.txt").write_text("sources before an upgrade\n")
+    for marked, timed in ((False, True), (True, False)):
+        monkeypatch.setattr(fast, "WARM", set())
+        speed.unlink(missing_ok=True)
+        (tmp_path / "charwise-ready-exercise-float64.txt").unlink(missing_ok=True)
+        if marked:  # this family's kernels of another dtype compiled from these sources
+            (tmp_path / "charwise-ready-exercise-float32.txt").write_text(fast._stamp())
+        fast.warm_up("float64", spec, exercise=True)
+        assert fast.cached(spec, True, "float64")
+        assert speed.is_file() == timed
+        if timed:
+            assert 0 < float(speed.read_text()) < 50

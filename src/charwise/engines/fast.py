@@ -666,11 +666,14 @@ def cached(spec, exercise: bool = False, dtype="float64", batch: int = 1) -> boo
     them): warm_up leaves a mark per family (or the exercise), dtype and threading, stamped with
     the engine's sources, whose change makes numba compile again. (numba's index files are one
     per function, whatever family or dtype they were compiled for: their names say nothing.)"""
-    mark = _mark(spec, exercise, dtype, batch)
+    return _read(_mark(spec, exercise, dtype, batch)) == _stamp()
+
+
+def _read(path: Path) -> str | None:
     try:
-        return mark.read_text() == _stamp()
+        return path.read_text()
     except OSError:
-        return False
+        return None
 
 
 # How long warm_up takes to compile a run's kernels on a first start, in seconds, on the 2-core
@@ -749,10 +752,12 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     key = (str(dtype), spec.family, exercise, parts)
     if key in WARM:
         return
-    # timed for compile_estimate on the first compile of this family (or the exercise): one
-    # that finds another dtype's or threading's kernels in the cache would time too short
-    family = "exercise" if exercise else spec.family
-    whole = not any(_cache_folder().glob(f"charwise-ready-{family}-*.txt"))
+    # timed for compile_estimate on the first compile of this family (or the exercise) since
+    # the engine's sources changed: one that finds another dtype's or threading's kernels in the
+    # cache would time too short
+    family, stamp = "exercise" if exercise else spec.family, _stamp()
+    marks = _cache_folder().glob(f"charwise-ready-{family}-*.txt")
+    whole = not any(_read(mark) == stamp for mark in marks)
     t0 = time.perf_counter()
     aside = _compile_aside(np.dtype(dtype), spec)
     try:
