@@ -679,7 +679,7 @@ def _read(path: Path) -> str | None:
 # How long warm_up takes to compile a run's kernels on a first start, in seconds, on the 2-core
 # 2.6 GHz machine they were measured on (a first `charwise train --updates 1`: the exercise 16 s,
 # an lstm or gru 39 to 40, one whose steps run in parts on threads, which compiles that block too,
-# 81); on a 2-core Zen 3 VM the same took 2.4 to 2.7 times as long. warm_up keeps this machine's
+# 81); on a 2-core Zen 3 VM the same took 1.7 to 2.7 times as long. warm_up keeps this machine's
 # ratio to them (COMPILE_SPEED in the cache folder) and compile_estimate scales them by it.
 COMPILE_SECONDS = {"exercise": 15.0, "family": 40.0, "threads": 80.0}
 COMPILE_SPEED = "charwise-compile-speed.txt"
