@@ -683,6 +683,7 @@ def _read(path: Path) -> str | None:
 # ratio to them (COMPILE_SPEED in the cache folder) and compile_estimate scales them by it.
 COMPILE_SECONDS = {"exercise": 15.0, "family": 40.0, "threads": 80.0}
 COMPILE_SPEED = "charwise-compile-speed.txt"
+LOADED_SECONDS = 5.0  # a warm_up this quick loaded its kernels from numba's cache: not timed
 
 
 def _compile_kind(spec, exercise: bool, batch: int) -> str:
@@ -790,8 +791,8 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     WARM.add(key)
     try:  # a read-only cache folder: numba compiles every time, and cached() stays False
         _mark(spec, exercise, dtype, batch).write_text(_stamp())
-        if whole:
-            seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        if whole and seconds > LOADED_SECONDS:  # no mark, yet cached: marks removed by hand
             ratio = seconds / COMPILE_SECONDS[_compile_kind(spec, exercise, batch)]
             safeio.write_text(_cache_folder() / COMPILE_SPEED, f"{ratio:.3f}\n")
     except OSError:
