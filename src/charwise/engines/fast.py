@@ -695,8 +695,8 @@ def compile_estimate(spec, exercise: bool = False, batch: int = 1) -> float:
     COMPILE_SECONDS times how long this machine's last whole compile took against them (1 until
     one was timed, or where the record is unreadable)."""
     try:
-        ratio = float((_cache_folder() / COMPILE_SPEED).read_text())
-    except (OSError, ValueError):
+        ratio = float(_read(_cache_folder() / COMPILE_SPEED) or "")
+    except ValueError:  # none yet, or unreadable
         ratio = 1.0
     ratio = ratio if 0.05 <= ratio <= 50 else 1.0  # also NaN: a record no compile could make
     return COMPILE_SECONDS[_compile_kind(spec, exercise, batch)] * ratio
@@ -705,8 +705,13 @@ def compile_estimate(spec, exercise: bool = False, batch: int = 1) -> float:
 def _mark(spec, exercise: bool, dtype, batch: int) -> Path:
     threads = "" if exercise or _chunks(spec, batch) == 1 else "-threads"
     panels = "-panels" if not exercise and _tiny_batch(batch) == kernels.GEMM_ROWS else ""
-    name = f"{'exercise' if exercise else spec.family}-{np.dtype(dtype).name}{threads}{panels}"
-    return _cache_folder() / f"charwise-ready-{name}.txt"
+    return _cache_folder() / f"{_marks(spec, exercise)}-{np.dtype(dtype).name}{threads}{panels}.txt"
+
+
+def _marks(spec, exercise: bool) -> str:
+    """The start of the names of the marks of this family (or the exercise), every dtype and
+    threading."""
+    return f"charwise-ready-{'exercise' if exercise else spec.family}"
 
 
 def _tiny_batch(batch: int) -> int:
@@ -756,8 +761,8 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     # timed for compile_estimate on the first compile of this family (or the exercise) since
     # the engine's sources changed: one that finds another dtype's or threading's kernels in the
     # cache would time too short
-    family, stamp = "exercise" if exercise else spec.family, _stamp()
-    marks = _cache_folder().glob(f"charwise-ready-{family}-*.txt")
+    stamp = _stamp()
+    marks = _cache_folder().glob(f"{_marks(spec, exercise)}-*.txt")
     whole = not any(_read(mark) == stamp for mark in marks)
     t0 = time.perf_counter()
     aside = _compile_aside(np.dtype(dtype), spec)
@@ -790,7 +795,7 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     warm_sampling(np.dtype(dtype).name, spec.family, spec.layers)
     WARM.add(key)
     try:  # a read-only cache folder: numba compiles every time, and cached() stays False
-        _mark(spec, exercise, dtype, batch).write_text(_stamp())
+        _mark(spec, exercise, dtype, batch).write_text(stamp)
         seconds = time.perf_counter() - t0
         if whole and seconds > LOADED_SECONDS:  # no mark, yet cached: marks removed by hand
             ratio = seconds / COMPILE_SECONDS[_compile_kind(spec, exercise, batch)]
