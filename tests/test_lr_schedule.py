@@ -4,18 +4,20 @@ validation loss: the factors by hand, the update they make, every engine alike, 
 from __future__ import annotations
 
 import math
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from charwise import rundir
+from charwise import rundir, train
 from charwise.corpus import load_corpus
 from charwise.engines import pick
 from charwise.engines.reference import loss_and_grads
 from charwise.errors import CharwiseError
 from charwise.models import ModelSpec
 from charwise.optim import EPS, LRSchedule
-from charwise.train import Trainer
+from charwise.train import Trainer, decay_end
 from runs import assert_same_run, small_config, write_corpus
 
 try:
@@ -89,6 +91,29 @@ def test_a_decay_needs_a_length(corpus, tmp_path):
     resumed = Trainer.resume(tmp_path / "ok", corpus)
     assert resumed.config.decay_updates == 30 and resumed.optimizer.schedule.total == 30
     assert resumed.optimizer.lr(45) == pytest.approx(cfg.eta * 0.1)  # past the decay: min
+
+
+def test_a_run_for_minutes_alone_fits_its_decay_to_them(corpus, tmp_path, monkeypatch, capsys):
+    """T = W + round(v (60 minutes - s)) at the end of the warm-up, recorded: the run is the
+    run of --updates with that --decay-updates, and a resume keeps it."""
+    assert decay_end(200, 4.0, 550.0) == 2400 and decay_end(10, 1e-3, 5.0) == 11
+    clock = iter(range(10**6))  # a stand-in clock: every block takes 0.25 s of training
+    monkeypatch.setattr(train, "time", SimpleNamespace(
+        perf_counter=lambda: next(clock) * 0.25, monotonic=time.monotonic,
+    ))  # fmt: skip
+    kw = dict(lr_schedule="cosine", warmup=5, optimizer="adam", batch=2, model="gru")
+    fitted = Trainer(corpus, small_config("reference", **kw), tmp_path / "fitted")
+    fitted.run(minutes=0.05, progress=False)  # 3 s: the warm-up in 0.25 s, 20 updates/s
+    assert fitted.config.decay_updates == 5 + round(20 * 2.75) == 60
+    assert "decay ends at update 60" in capsys.readouterr().out
+    done = fitted.state.updates
+    assert done > 60  # past the decay: blocks end at multiples of print_every, 0.25 s each
+    resumed = Trainer.resume(tmp_path / "fitted", corpus)
+    assert resumed.config.decay_updates == 60 and resumed.optimizer.schedule.total == 60
+    fixed = Trainer(corpus, small_config("reference", decay_updates=60, **kw), tmp_path / "b")
+    fixed.run(done, progress=False)
+    for name, p in fixed.state.params.items():
+        assert np.array_equal(fitted.state.params[name], p), name
 
 
 def test_resume_with_a_schedule_is_bit_identical(corpus, tmp_path):

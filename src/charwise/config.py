@@ -45,7 +45,10 @@ class TrainConfig:
     warmup: int = setting(0, "Updates of linear warm-up from eta/N to eta.", minimum=0)
     min_lr: float = setting(0.1, "cosine/linear: the final rate as a share of eta.", minimum=0.0)
     decay_updates: int = setting(
-        0, "cosine/linear: the update the decay ends at (0: the run's --updates).", minimum=0
+        0,
+        "cosine/linear: the update the decay ends at (0: the run's --updates, or with "
+        "--minutes alone the update the minutes are expected to reach, at the --warmup's speed).",
+        minimum=0,
     )
     patience: int = setting(
         0, "Stop after N validations without a lower validation loss (0: never).", minimum=0

@@ -262,13 +262,18 @@ class Trainer:
         self.target = updates if updates is not None else 0
         self.minutes = minutes
         cfg, schedule = self.config, self.optimizer.schedule
+        self.fit_decay = False  # the decay's end waits for the warm-up's speed (_fit_decay)
         if schedule is not None and cfg.lr_schedule != "constant" and not cfg.decay_updates:
-            if updates is None:
+            if updates is not None:
+                cfg.decay_updates = schedule.total = updates  # recorded: a resume keeps it
+            elif minutes is not None and cfg.warmup:
+                self.fit_decay = True
+            else:
                 raise CharwiseError(
                     f"--lr-schedule {cfg.lr_schedule} decays over --updates; give them, "
-                    "or --decay-updates"
+                    "--decay-updates, or a --warmup (the decay then ends where --minutes is "
+                    "expected to, at the warm-up's speed)"
                 )
-            cfg.decay_updates = schedule.total = updates  # recorded: a resume keeps it
         limit = math.inf if updates is None else updates
         with _stop_on_signals(self):
             self._warm_up()
@@ -279,7 +284,11 @@ class Trainer:
             try:
                 cap = FIRST_BLOCK
                 while state.updates < limit and not self._out_of_time() and not self.early_stopped:
+                    if self.fit_decay and state.updates >= cfg.warmup:
+                        self._fit_decay()
                     stops = [_next_multiple(state.updates, e) for e in self.intervals()]
+                    if self.fit_decay:  # a block ends with the warm-up
+                        stops.append(cfg.warmup)
                     n = int(min(*stops, state.updates + cap, limit)) - state.updates
                     u0, smooth0, t0 = state.updates, state.smooth_loss, self.elapsed
                     losses, done = self._train_block(n)
@@ -319,6 +328,22 @@ class Trainer:
         warm_up(storage_dtype(config.dtype), spec, exercise, config.batch)
         if time.perf_counter() - t0 > 5:
             self.emit("message", f"engine ready in {time.perf_counter() - t0:.1f} s")
+
+    def _fit_decay(self) -> None:
+        """A decaying schedule of a run for --minutes alone: at the end of the warm-up, T (the
+        update the decay ends at) becomes the update the minutes are expected to reach at the
+        speed of the training so far, recorded as --decay-updates (a resume keeps it)."""
+        cfg, done = self.config, self.state.updates
+        rate = done / max(self.elapsed, 1e-9)
+        left = max(0.0, 60.0 * self.minutes - self.elapsed)
+        cfg.decay_updates = self.optimizer.schedule.total = decay_end(done, rate, left)
+        self.fit_decay = False
+        self.emit(
+            "message",
+            f"the {cfg.lr_schedule} decay ends at update {cfg.decay_updates:,}: where "
+            f"--minutes {self.minutes:g} is expected to end at the warm-up's "
+            f"{rate:,.1f} updates/s",
+        )
 
     def _out_of_time(self) -> bool:
         return self.minutes is not None and self.elapsed >= 60.0 * self.minutes
@@ -543,3 +568,9 @@ def _smooth_curve(u0: int, smooth: float, losses: np.ndarray) -> list[float]:
 
 def _next_multiple(u: int, every: int) -> int:
     return (u // every + 1) * every
+
+
+def decay_end(done: int, rate: float, seconds_left: float) -> int:
+    """The update a decay fitted to a time budget ends at: `done` updates so far, then `rate`
+    updates a second for the `seconds_left` of the budget (at least one more update)."""
+    return done + max(1, round(rate * seconds_left))
