@@ -261,14 +261,11 @@ class Trainer:
         state = self.state
         self.target = updates if updates is not None else 0
         self.minutes = minutes
-        cfg, schedule = self.config, self.optimizer.schedule
-        self.fit_decay = False  # the decay's end waits for the warm-up's speed (_fit_decay)
-        if schedule is not None and cfg.lr_schedule != "constant" and not cfg.decay_updates:
+        cfg = self.config
+        if self._decay_unfitted():
             if updates is not None:
-                cfg.decay_updates = schedule.total = updates  # recorded: a resume keeps it
-            elif minutes is not None and cfg.warmup:
-                self.fit_decay = True
-            else:
+                cfg.decay_updates = self.optimizer.schedule.total = updates  # a resume keeps it
+            elif minutes is None or not cfg.warmup:  # else fitted after the warm-up (_fit_decay)
                 raise CharwiseError(
                     f"--lr-schedule {cfg.lr_schedule} decays over --updates; give them, "
                     "--decay-updates, or a --warmup (the decay then ends where --minutes is "
@@ -284,10 +281,10 @@ class Trainer:
             try:
                 cap = FIRST_BLOCK
                 while state.updates < limit and not self._out_of_time() and not self.early_stopped:
-                    if self.fit_decay and state.updates >= cfg.warmup:
+                    if self._decay_unfitted() and state.updates >= cfg.warmup:
                         self._fit_decay()
                     stops = [_next_multiple(state.updates, e) for e in self.intervals()]
-                    if self.fit_decay:  # a block ends with the warm-up
+                    if self._decay_unfitted():  # a block ends with the warm-up
                         stops.append(cfg.warmup)
                     n = int(min(*stops, state.updates + cap, limit)) - state.updates
                     u0, smooth0, t0 = state.updates, state.smooth_loss, self.elapsed
@@ -329,6 +326,11 @@ class Trainer:
         if time.perf_counter() - t0 > 5:
             self.emit("message", f"engine ready in {time.perf_counter() - t0:.1f} s")
 
+    def _decay_unfitted(self) -> bool:
+        """A decaying schedule whose end (T) is not set yet."""
+        decays = self.optimizer.schedule is not None and self.config.lr_schedule != "constant"
+        return decays and not self.config.decay_updates
+
     def _fit_decay(self) -> None:
         """A decaying schedule of a run for --minutes alone: at the end of the warm-up, T (the
         update the decay ends at) becomes the update the minutes are expected to reach at the
@@ -337,7 +339,6 @@ class Trainer:
         rate = done / max(self.elapsed, 1e-9)
         left = max(0.0, 60.0 * self.minutes - self.elapsed)
         cfg.decay_updates = self.optimizer.schedule.total = decay_end(done, rate, left)
-        self.fit_decay = False
         self.emit(
             "message",
             f"the {cfg.lr_schedule} decay ends at update {cfg.decay_updates:,}: where "
