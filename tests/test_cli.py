@@ -131,3 +131,39 @@ def test_model_option_errors_are_one_line(tmp_path, corpus_file, args, message):
     res = run("train", corpus_file, "--out", tmp_path / "x", "--no-progress", *args)
     assert res.exit_code != 0 and message in res.stderr, res.stderr
     assert "Traceback" not in res.output
+
+
+def test_recipe_fills_the_settings_left_at_their_defaults(tmp_path, corpus_file):
+    """--recipe gru: the family's defaults for the options not given; given ones win, a
+    --preset's win too; a --model of another family, and a resume, are one-line errors."""
+    import json
+
+    from charwise import checkpoint
+    from charwise.config import RECIPES
+
+    given = {"m": 8, "batch": 2, "seq_length": 12, "dtype": "float64", "engine": "reference"}
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in given.items()] + ["--no-progress"]
+    res = run(
+        "train", corpus_file, "--recipe", "gru", "--updates", 2, *args, "--out", tmp_path / "a"
+    )
+    assert res.exit_code == 0, res.output
+    assert "2-layer gru m = 8 (reference engine)" in res.output.splitlines()[0]
+    config = checkpoint.load(tmp_path / "a" / "checkpoint.npz")[1]["config"]
+    want = RECIPES["gru"] | given
+    assert {k: config[k] for k in want} == want
+    assert want["optimizer"] == "adam" and want["layers"] == 2  # not the exercise's defaults
+    tweets = tmp_path / "t.json"
+    tweets.write_text(json.dumps([{"text": f"tweet {i} and more"} for i in range(40)]))
+    res = run("train", tweets, "--preset", "tweets", "--recipe", "lstm", "--updates", 1, *args[:2],
+              *args[3:], "--out", tmp_path / "b")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    config = checkpoint.load(tmp_path / "b" / "checkpoint.npz")[1]["config"]
+    assert (config["model"], config["seq_length"], config["eta"]) == (
+        "lstm",
+        10,
+        RECIPES["lstm"]["eta"],
+    )
+    res = run("train", corpus_file, "--recipe", "gru", "--model", "lstm", "--out", tmp_path / "c")
+    assert res.exit_code != 0 and "--recipe gru is for --model gru; drop --model lstm" in res.stderr
+    res = run("train", "--resume", tmp_path / "a", "--recipe", "gru", "--updates", 3)
+    assert res.exit_code != 0 and "drop --recipe" in res.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from charwise.config import ENGINE_CHOICES, TrainConfig
+from charwise.config import ENGINE_CHOICES, RECIPES, TrainConfig
 from charwise.corpus import BUILTIN, PRESETS, LoadOptions, load_corpus, source_of
 from charwise.errors import CharwiseError
 from charwise.models import FAMILIES, ModelSpec
@@ -118,7 +118,30 @@ train_options = [
     click.option("--out", default=None, help="Run directory [default: runs/<corpus>-<time>]."),
     *options_of(TrainConfig),
     click.option("--no-progress", is_flag=True, help="Plain log lines instead of a progress bar."),
+    click.option(
+        "--recipe",
+        type=click.Choice(sorted(RECIPES)),
+        default=None,
+        help="The family's sensible defaults instead of the exercise's: --model NAME "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in RECIPES["gru"].items() if k != "model"
+        )
+        + " (options given explicitly, then a --preset's, win).",
+    ),
 ]
+
+
+def recipe_options(kw: dict, given: set[str]) -> None:
+    """Apply --recipe (popped from kw) to every training setting the user left at its default;
+    before loader_options, so that a --preset's settings win over the recipe's."""
+    name = kw.pop("recipe")
+    if name is None:
+        return
+    if "model" in given and kw["model"] != name:
+        raise CharwiseError(f"--recipe {name} is for --model {name}; drop --model {kw['model']}")
+    for key, value in RECIPES[name].items():
+        if key not in given:
+            kw[key] = value
 
 
 def with_options(options):
@@ -338,6 +361,9 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
 
     given = given_options(ctx)
     require_positive(updates=updates, minutes=minutes)
+    if resume is not None and "recipe" in given:
+        raise CharwiseError("--resume reads the settings from the checkpoint; drop --recipe")
+    recipe_options(settings, given)
     loader = loader_options(settings)  # pops the loader options (and applies a --preset)
     progress = not no_progress
     if resume is not None:
@@ -573,6 +599,7 @@ def report(
         except Interrupted as exc:
             report_stopped(exc, resume_dir)
     else:
+        recipe_options(kw, given_options(ctx))
         loader = loader_options(kw)  # pops the loader options (and applies a --preset)
         c = load_corpus(corpus, **loader)
         config = TrainConfig(**kw)
