@@ -122,9 +122,10 @@ train_options = [
         "--recipe",
         type=click.Choice(sorted(RECIPES)),
         default=None,
-        help="The family's sensible defaults instead of the exercise's: --model NAME "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in RECIPES["gru"].items() if k != "model"
+        help="The family's sensible defaults instead of the exercise's: "
+        + "; ".join(
+            f"{name}: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.items())
+            for name, recipe in sorted(RECIPES.items())
         )
         + " (options given explicitly, then a --preset's, win).",
     ),

@@ -125,7 +125,8 @@ class TrainConfig:
 # Recipes: each family's sensible defaults for a model worth its training time, beyond the
 # exercise's (SPEC part one's defaults, which a plain --model keeps so that every command keeps
 # its meaning). Tuned on tiny Shakespeare for a 10-minute run on a 2-core machine (README,
-# "Recipes"); --recipe NAME fills every setting the user left at its default.
+# "Models, optimisers and batches"); --recipe NAME fills every setting the user left at its
+# default.
 _RECIPE = {
     "layers": 2,
     "m": 256,
@@ -139,7 +140,7 @@ _RECIPE = {
     "dtype": "float32",
     "eval_every": 500,
 }
-RECIPES = {"gru": {"model": "gru", **_RECIPE}, "lstm": {"model": "lstm", **_RECIPE}}
+RECIPES = {"gru": {"model": "gru", **_RECIPE}, "lstm": {"model": "lstm", **_RECIPE, "eta": 0.02}}
 
 
 # Settings a resume may change (recorded): they alter what happens next, never the saved state.
