@@ -78,14 +78,19 @@ def given_options(ctx: click.Context) -> set[str]:
 
 
 def loader_options(kw: dict) -> dict:
-    """load_corpus() keywords from a command's loader options (popped from kw), with --preset.
+    """load_corpus() keywords from a command's loader options (popped from kw), with --preset
+    and, for the training commands, --recipe (popped too).
 
-    A preset fills every setting the user left at its default, including kw's training ones.
+    A recipe and a preset fill every setting the user left at its default, including kw's
+    training ones; where both set one, the preset's (made for its corpus) wins.
     """
     given = given_options(click.get_current_context())
     opts = {key: kw.pop(key) for key in sorted(CORPUS_KEYS - {"preset"})}
-    preset = kw.pop("preset")
-    settings = PRESETS.get(preset, {}) | TRAIN_PRESETS.get(preset, {})
+    preset, recipe = kw.pop("preset"), kw.pop("recipe", None)
+    if recipe is not None and "model" in given and kw["model"] != recipe:
+        msg = f"--recipe {recipe} is for --model {recipe}; drop --model {kw['model']}"
+        raise CharwiseError(msg)
+    settings = RECIPES.get(recipe, {}) | PRESETS.get(preset, {}) | TRAIN_PRESETS.get(preset, {})
     for key, value in settings.items():
         if key not in given:
             (opts if key in opts else kw)[key] = value
@@ -130,19 +135,6 @@ train_options = [
         + " (options given explicitly, then a --preset's, win).",
     ),
 ]
-
-
-def recipe_options(kw: dict, given: set[str]) -> None:
-    """Apply --recipe (popped from kw) to every training setting the user left at its default;
-    before loader_options, so that a --preset's settings win over the recipe's."""
-    name = kw.pop("recipe")
-    if name is None:
-        return
-    if "model" in given and kw["model"] != name:
-        raise CharwiseError(f"--recipe {name} is for --model {name}; drop --model {kw['model']}")
-    for key, value in RECIPES[name].items():
-        if key not in given:
-            kw[key] = value
 
 
 def with_options(options):
@@ -364,8 +356,7 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
     require_positive(updates=updates, minutes=minutes)
     if resume is not None and "recipe" in given:
         raise CharwiseError("--resume reads the settings from the checkpoint; drop --recipe")
-    recipe_options(settings, given)
-    loader = loader_options(settings)  # pops the loader options (and applies a --preset)
+    loader = loader_options(settings)  # pops the loader options (applies --preset, --recipe)
     progress = not no_progress
     if resume is not None:
         if "out" in given:
@@ -600,8 +591,7 @@ def report(
         except Interrupted as exc:
             report_stopped(exc, resume_dir)
     else:
-        recipe_options(kw, given_options(ctx))
-        loader = loader_options(kw)  # pops the loader options (and applies a --preset)
+        loader = loader_options(kw)  # pops the loader options (applies --preset, --recipe)
         c = load_corpus(corpus, **loader)
         config = TrainConfig(**kw)
         if "updates" not in given_options(ctx):
