@@ -144,6 +144,28 @@ def test_ctrl_c_during_start_up_exits_130(corpus_file, tmp_path):
     assert "interrupted" in err or "stopped by SIGINT" in err
 
 
+def test_the_exit_after_a_ctrl_c_is_130_even_when_it_ended_a_string_eval(tmp_path):
+    # CPython under `python -m` kills itself with SIGINT at exit (status -2, whatever sys.exit
+    # said) once a KeyboardInterrupt has ended a string exec/eval, caught or not: a Ctrl-C in
+    # a namedtuple's or dataclass's generated code while charwise imports. This is that case.
+    (tmp_path / "ctrl_c_in_eval.py").write_text(
+        "import sys\n"
+        "from charwise.errors import exit_interrupted\n"
+        "try:\n"
+        "    exec('raise KeyboardInterrupt', {})\n"
+        "except KeyboardInterrupt:\n"
+        "    print('kept', end='')\n"
+        "    exit_interrupted(int(sys.argv[1]))\n"
+    )
+    for status in (130, 143):
+        done = subprocess.run(
+            [sys.executable, "-m", "ctrl_c_in_eval", str(status)],
+            env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{SRC}"},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert (done.returncode, done.stdout) == (status, "kept"), done.stderr
+
+
 def interrupted(args: list, out: Path, ctrl_c: int) -> tuple[int, str]:
     """Run charwise with args, Ctrl-C it ctrl_c times at once once it trains: (status, stderr)."""
     proc = subprocess.Popen(

@@ -15,7 +15,7 @@ import click
 
 from charwise.config import ENGINE_CHOICES, RECIPES, TrainConfig
 from charwise.corpus import BUILTIN, PRESETS, LoadOptions, load_corpus, source_of
-from charwise.errors import CharwiseError
+from charwise.errors import CharwiseError, exit_interrupted
 from charwise.models import FAMILIES, ModelSpec
 from charwise.report import OVERFIT_CAP
 from charwise.settings import kind
@@ -209,9 +209,8 @@ class Group(click.Group):
             click.echo(f"charwise: error: {exc}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one cannot cut the exit short
             click.echo(f"\ncharwise: interrupted{resume_hint(ctx)}", err=True)
-            sys.exit(130)
+            exit_interrupted(130)
         except OSError as exc:  # a file charwise was asked to read or write, outside a run
             where = f" {exc.filename}" if exc.filename else ""
             click.echo(f"charwise: error: cannot use{where}: {exc.strerror or exc}", err=True)
@@ -405,7 +404,7 @@ def train(ctx, corpus, updates, minutes, out, no_progress, resume, **settings):
         state = trainer.run(updates, progress=progress, minutes=minutes)
     except Interrupted as exc:
         click.echo(f"\ncharwise: {exc}", err=True)
-        sys.exit(128 + exc.signum)
+        exit_interrupted(128 + exc.signum)
     passage = (out / rundir.PASSAGE).read_text(encoding="utf-8")
     click.echo(
         f"\n--- best model (update {state.best_update}, smooth loss "
@@ -626,7 +625,7 @@ def report_stopped(exc, folder: Path) -> None:
         f"charwise report --resume {folder}",
         err=True,
     )
-    sys.exit(128 + exc.signum)
+    exit_interrupted(128 + exc.signum)
 
 
 @main.command()
