@@ -140,7 +140,7 @@ _RECIPE = {
     "dtype": "float32",
     "eval_every": 500,
 }
-RECIPES = {"gru": {"model": "gru", **_RECIPE}, "lstm": {"model": "lstm", **_RECIPE, "eta": 0.02}}
+RECIPES = {"gru": {"model": "gru", **_RECIPE}, "lstm": {"model": "lstm", **_RECIPE, "eta": 0.03}}
 
 
 # Settings a resume may change (recorded): they alter what happens next, never the saved state.
