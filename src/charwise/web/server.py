@@ -10,7 +10,7 @@ import threading
 import webbrowser
 from pathlib import Path
 
-from charwise.errors import CharwiseError
+from charwise.errors import CharwiseError, exit_interrupted
 
 WEB_HINT = 'pip install -e ".[web]"'
 
@@ -86,4 +86,4 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 0, browser: bool 
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shut down cleanly, then passes the Ctrl-C on
         print("charwise: the dashboard stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+        exit_interrupted(130)
