@@ -361,6 +361,44 @@ def test_training_in_parts_of_the_units_equals_one_thread_to_the_bit(family):
                 assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
+def test_large_products_by_blas_equal_the_reference_and_any_parts(family):
+    """Products over a chunk of kernels.BLAS_MACS multiply-adds or more go to BLAS: a model
+    whose products over all steps are that large (2 layers, m 128, batch 32, 10 steps, dropout)
+    equals the reference to 1e-10 in float64 (loss, every gradient, the last states), and gives
+    the same bits whether the steps run in 1 or 2 parts."""
+    from charwise.engines import kernels
+
+    c = corpus(2000)
+    rng = np.random.default_rng(9)
+    T, B, m = 10, 32, 128
+    spec = ModelSpec(family, K=len(c.vocab), m=m, layers=2)
+    assert spec.cell.GATES * m * m * T * B >= kernels.BLAS_MACS  # dW and the input products
+    params = Params.init(spec, seed=4)
+    for a in params.arrays():
+        a += rng.standard_normal(a.shape) * 0.2
+    X = rng.integers(0, len(c.vocab), (T, B))
+    Y = rng.integers(0, len(c.vocab), (T, B))
+    lengths = rng.integers(0, T + 1, B)
+    lengths[0] = T
+    state0 = tuple(rng.standard_normal(s.shape) * 0.5 for s in spec.zero_state(B))
+    masks = [(rng.random((B, T, m)) > 0.3) / 0.7 for _ in range(2)]
+    want = reference.loss_and_grads(params, X, Y, state0, lengths=lengths, masks=masks)
+    results = []
+    for parts in (1, 2):
+        loss, grads, last = kernels.loss_and_grads_batch(
+            params, X, Y, lengths, state0, masks, parts
+        )
+        assert abs(loss - want[0]) <= REL64 * want[0]
+        for name, g in want[1].items():
+            assert rel(grads[name], g) <= REL64, name
+        for got, w in zip(last, want[2], strict=True):
+            assert rel(got, w) <= REL64
+        results.append((np.array(loss), *grads.arrays(), *last))
+    for got, one in zip(results[1], results[0], strict=True):
+        assert np.array_equal(got, one)
+
+
 def test_chunked_sampling_from_several_threads_at_once(monkeypatch):
     """The dashboard samples for several requests at once, each in a thread of its own."""
     from concurrent.futures import ThreadPoolExecutor
