@@ -12,8 +12,9 @@ on numba's threads (_steps), and the gates are computed by a vectorisable sigmoi
 float64); the LSTM keeps tanh(c_t) from its forward pass for the backward one.
 Around the cells, _loss_and_grads does what reference.loss_and_grads_batch does, with products over
 all steps at once (dL/dh^L_t for every t is one product; BLAS for large ones, _product), softmax
-and loss in one pass (float64 inside), and the input weights' gradient gathered by a loop (numpy's
-np.add.at is ten times slower).
+and loss in one pass (float64 inside), the first layer's input terms read by the steps from U^T at
+the characters themselves (U's columns never gathered into a (T, B, G) array), and the input
+weights' gradient gathered by a loop (numpy's np.add.at is ten times slower).
 _block is the loop of reference.run_block around it: chunks, resets, dropout masks from draws taken
 before the call, the finite check, the smooth loss and best snapshot, and each optimiser's step.
 
@@ -165,12 +166,12 @@ def _add_input(z, u, b):
 
 
 @jit
-def _rnn_forward_units(q, parts, t, Ux, W, Wp, b, h0, H, a):
+def _rnn_forward_units(q, parts, t, Ux, rows, W, Wp, b, h0, H, a):
     T, B, m = H.shape
     j0, j1 = _units(q, parts, m)
     _gate_products(H[t - 1] if t else h0, W, Wp, a, 1, j0, j1, t == 0)
     for k in range(B):
-        _add_input(a[k, j0:j1], Ux[t, k, j0:j1], b[j0:j1])
+        _add_input(a[k, j0:j1], Ux[rows[t, k], j0:j1], b[j0:j1])
         tanh(a[k, j0:j1], H[t, k, j0:j1])
 
 
@@ -187,7 +188,7 @@ def _rnn_backward_units(q, parts, t, dH, H, W, Wp, dA, dnext):
 
 
 @jit
-def _lstm_forward_units(q, parts, t, Ux, W, Wp, b, h0, c0, H, C, TC, gates, z):
+def _lstm_forward_units(q, parts, t, Ux, rows, W, Wp, b, h0, c0, H, C, TC, gates, z):
     """TC: tanh(c_t), kept for the backward pass."""
     T, B, m = H.shape
     j0, j1 = _units(q, parts, m)
@@ -197,7 +198,7 @@ def _lstm_forward_units(q, parts, t, Ux, W, Wp, b, h0, c0, H, C, TC, gates, z):
     for k in range(B):
         zs, us, gs = (
             _gates(z[k], j0, j1, 4),
-            _gates(Ux[t, k], j0, j1, 4),
+            _gates(Ux[rows[t, k]], j0, j1, 4),
             _gates(gates[t, k], j0, j1, 4),
         )
         for g in range(4):
@@ -238,7 +239,7 @@ def _lstm_backward_units(q, parts, t, dH, C, TC, gates, c0, W, Wp, dZ, dh_next, 
 
 
 @jit
-def _gru_forward_units(q, parts, t, Ux, W, Wp, b, bhn, h0, H, gates, Hn, wh, a):
+def _gru_forward_units(q, parts, t, Ux, rows, W, Wp, b, bhn, h0, H, gates, Hn, wh, a):
     """gates: r, z, n after their nonlinearity; Hn: W_n h_{t-1} + b_hn."""
     T, B, m = H.shape
     j0, j1 = _units(q, parts, m)
@@ -248,7 +249,7 @@ def _gru_forward_units(q, parts, t, Ux, W, Wp, b, bhn, h0, H, gates, Hn, wh, a):
     for k in range(B):
         ws, us, gs = (
             _gates(wh[k], j0, j1, 3),
-            _gates(Ux[t, k], j0, j1, 3),
+            _gates(Ux[rows[t, k]], j0, j1, 3),
             _gates(gates[t, k], j0, j1, 3),
         )
         for g in range(2):  # r, z: sigmoid((U u + b) + W h)
@@ -305,10 +306,12 @@ FAMILIES = ("rnn", "lstm", "gru")
 TAGS = {family: (0,) * (i + 1) for i, family in enumerate(FAMILIES)}
 
 
-def cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
+def cell_forward(family, Ux, rows, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
     """The forward pass of the family tagged `family` (compiled code only): writes the hidden
     states H and what backward needs, S1, S2, S3 (_workspace gives their widths; the lstm's S1
-    is c), each step in `parts` parts of the units (_steps)."""
+    is c), each step in `parts` parts of the units (_steps). The input term of stream k at step
+    t is the row Ux[rows[t, k]] (rows (T, B)): the first layer's U^T read at the characters
+    themselves, so that U's columns are not gathered into a (T, B, G) array first."""
     raise NotImplementedError
 
 
@@ -321,15 +324,15 @@ def cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, parts):
 
 # Chosen while compiling, from the family's tag (TAGS): only that family's code is compiled.
 @numba.extending.overload(cell_forward)
-def _cell_forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
+def _cell_forward(family, Ux, rows, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
     step = STEP_TAGS[family.count - 1]
 
-    def forward(family, Ux, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
-        T, B, G = Ux.shape
+    def forward(family, Ux, rows, W, b, bhn, h0, c0, H, S1, S2, S3, parts):
+        (T, B), G = rows.shape, Ux.shape[1]
         z = np.empty((B, G), Ux.dtype)  # the gates' sums
         a = np.empty((B, H.shape[2]), Ux.dtype)  # the gru's candidate sums
         Wp = _panels(W, parts)
-        args = _forward_args(family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a)
+        args = _forward_args(family, Ux, rows, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a)
         for t in range(T):
             _steps(step, parts, t, args)
 
@@ -356,7 +359,7 @@ def _cell_backward(family, dH, H, S1, S2, S3, h0, c0, W, dU, dZ, parts):
     return backward
 
 
-def _forward_args(family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a):
+def _forward_args(family, Ux, rows, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a):
     """The family's forward units function's arguments after (q, parts, t) (compiled only)."""
     raise NotImplementedError
 
@@ -367,17 +370,17 @@ def _backward_args(family, dH, H, S1, S2, S3, h0, c0, W, Wp, dU, dZ, dh_next, dc
 
 
 @numba.extending.overload(_forward_args)
-def _forward_args_by_tag(family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a):
+def _forward_args_by_tag(family, Ux, rows, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a):
     if family.count == 1:
-        return lambda family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
-            (Ux, W, Wp, b, h0, H, z)
+        return lambda family, Ux, rows, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
+            (Ux, rows, W, Wp, b, h0, H, z)
         )
     if family.count == 2:
-        return lambda family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
-            (Ux, W, Wp, b, h0, c0, H, S1, S2, S3, z)
+        return lambda family, Ux, rows, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
+            (Ux, rows, W, Wp, b, h0, c0, H, S1, S2, S3, z)
         )
-    return lambda family, Ux, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
-        (Ux, W, Wp, b, bhn, h0, H, S1, S2, z, a)
+    return lambda family, Ux, rows, W, Wp, b, bhn, h0, c0, H, S1, S2, S3, z, a: (
+        (Ux, rows, W, Wp, b, bhn, h0, H, S1, S2, z, a)
     )
 
 
@@ -506,15 +509,6 @@ def _softmax_loss(O, c, y, real, scale):
 
 
 @jit
-def _gather_rows(UT, x, out):
-    """out[r] = UT[x[r]]: the column x_t of U for every step and stream (UT = U^T)."""
-    for r in range(x.size):
-        row, src = out[r], UT[x[r]]
-        for j in range(src.size):
-            row[j] = src[j]
-
-
-@jit
 def _scatter_rows(x, rows, out):
     """out[x[r]] += rows[r] for every r in order (np.add.at's order), out zeroed first."""
     out[:] = 0.0
@@ -535,16 +529,17 @@ def _row_sums(A, out):
 
 @jit
 def _workspace(family, L, T, B, V, G, drop):
-    """The arrays one update of up to T steps writes, in V's dtype: (Ux, then H, S1, S2, S3 of
-    every layer (S1-S3 as wide as the family's cell needs), the layers' masked inputs and h^L
-    (dropout), dL/do, dL/dh, dU and dZ (the cell backward's), h_{t-1}, dU^T of layer 1)."""
+    """The arrays one update of up to T steps writes, in V's dtype: (Ux (the input terms of
+    layers 2..L; none for one layer), then H, S1, S2, S3 of every layer (S1-S3 as wide as the
+    family's cell needs), the layers' masked inputs and h^L (dropout), dL/do, dL/dh, dU and dZ
+    (the cell backward's), h_{t-1}, dU^T of layer 1)."""
     K, m = V.shape
     dt = V.dtype
     code = len(family) - 1
     w1, w2, w3 = (0, 0, 0) if code == 0 else (m, m, G) if code == 1 else (G, m, 0)
     d = L if drop else 0
     return (
-        np.empty((T, B, G), dt),
+        np.empty((T if L > 1 else 0, B, G), dt),
         np.empty((L, T, B, m), dt),
         np.empty((L, T, B, w1), dt),
         np.empty((L, T, B, w2), dt),
@@ -583,16 +578,19 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
         for k in range(B):
             real[t * B + k] = t < lengths[k]
     Ux, dO, dH, dU, dZ, H_prev = Ux[:T], dO[:TB], dH[:T], dU[:T], dZ[:T], H_prev[:T]
+    in_order = np.arange(TB).reshape(T, B)  # the rows of a layer's input terms Ux (T B, G)
     for l in range(L):
-        if l == 0:
-            _gather_rows(np.ascontiguousarray(Us[0].T), x, Ux.reshape(TB, G))
+        if l == 0:  # U's column x_t (the row x_t of U^T) for every step and stream
+            inputs_l, rows = np.ascontiguousarray(Us[0].T), X
         else:
             below = Hs[l - 1, :T]
             if drop:  # the layer's input: the layer below's h, masked
                 below = np.multiply(below, masks[l - 1, :T], inputs[l, :T])
-            _product(below.reshape(TB, m), np.ascontiguousarray(Us[l].T), Ux.reshape(TB, G), parts)
+            inputs_l, rows = Ux.reshape(TB, G), in_order
+            _product(below.reshape(TB, m), np.ascontiguousarray(Us[l].T), inputs_l, parts)
         H, S1, S2, S3 = Hs[l, :T], S1s[l, :T], S2s[l, :T], S3s[l, :T]
-        cell_forward(family, Ux, Ws[l], bs[l], bhns[l], h0[l], c0[l], H, S1, S2, S3, parts)
+        args = (inputs_l, rows, Ws[l], bs[l], bhns[l], h0[l], c0[l], H, S1, S2, S3, parts)
+        cell_forward(family, *args)
     h_top = Hs[L - 1, :T]
     if drop:
         h_top = np.multiply(h_top, masks[L - 1, :T], top[:T])
