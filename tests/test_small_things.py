@@ -66,7 +66,7 @@ def test_the_first_start_says_it_compiles_and_later_ones_do_not(corpus_file, tmp
 def test_the_compile_estimate_scales_by_this_machines_last_whole_compile(tmp_path, monkeypatch):
     from charwise.models import ModelSpec
 
-    monkeypatch.setattr(fast, "_cache_folder", lambda: tmp_path)
+    monkeypatch.setattr(fast, "cache_folder", lambda: tmp_path)
     lstm, big = ModelSpec("lstm", 65, 128), ModelSpec("lstm", 65, 256)
     monkeypatch.setattr(fast, "_chunks", lambda spec, batch=1: 2 if batch > 1 else 1)
     assert fast.compile_estimate(lstm) == 40 and fast.compile_estimate(big, True) == 15
@@ -197,6 +197,38 @@ def test_a_large_gradient_check_says_how_much_work_it_is(corpus_file):
     assert small.stderr == "" and small.output.count("\n") == 7
 
 
+def test_kernels_compiled_from_other_sources_are_removed_before_they_load(tmp_path):
+    """numba stamps a function's cache entry with its own file alone, so kernels.py's block
+    compiled around an older matvec.py would load after matvec.py changed: where the engine's
+    sources differ from the record of those the folder's kernels came from, the engine's compiled
+    files are removed (no other package's: numba's folder may be shared) and the record renewed;
+    with the same sources, nothing is removed."""
+    from charwise.engines import numerics
+
+    ours = [
+        tmp_path / "engines_1a2b" / n
+        for n in ("kernels._block-7.py311.nbi", "matvec._pass-6.py311.1.nbc")
+    ]
+    theirs = [
+        tmp_path / "engines_1a2b" / "mine.f-1.py311.nbi",
+        tmp_path / "lib_9f" / "kernels.g-2.py311.nbi",
+    ]
+    for f in ours + theirs:
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(b"compiled")
+    (tmp_path / numerics.SOURCES).write_text("sources before an upgrade\n")
+    numerics.drop_stale_kernels(tmp_path, "these sources\n")
+    assert [f.exists() for f in ours + theirs] == [False, False, True, True]
+    assert (tmp_path / numerics.SOURCES).read_text() == "these sources\n"
+    for f in ours:
+        f.write_bytes(b"compiled from these sources")
+    numerics.drop_stale_kernels(tmp_path, "these sources\n")
+    assert all(f.exists() for f in ours)
+    assert (
+        numerics.cache_folder().joinpath(numerics.SOURCES).read_text() == numerics.sources_stamp()
+    )
+
+
 def test_a_first_compile_is_timed_once_per_family_and_source(tmp_path, monkeypatch):
     """warm_up keeps the time of a family's first compile since the engine's sources changed
     (a mark left by other sources does not count), not of a compile that found its family's
@@ -207,7 +239,7 @@ def test_a_first_compile_is_timed_once_per_family_and_source(tmp_path, monkeypat
     from charwise.models import ModelSpec
 
     spec = ModelSpec("rnn", 65, 100)
-    monkeypatch.setattr(fast, "_cache_folder", lambda: tmp_path)
+    monkeypatch.setattr(fast, "cache_folder", lambda: tmp_path)
     monkeypatch.setattr(fast, "_compile_aside", lambda dtype, spec: None)
     speed = tmp_path / fast.COMPILE_SPEED
     (tmp_path / "charwise-ready-exercise-float32.txt").write_text("sources before an upgrade\n")
@@ -219,7 +251,7 @@ def test_a_first_compile_is_timed_once_per_family_and_source(tmp_path, monkeypat
         speed.unlink(missing_ok=True)
         (tmp_path / "charwise-ready-exercise-float64.txt").unlink(missing_ok=True)
         if marked:  # this family's kernels of another dtype compiled from these sources
-            (tmp_path / "charwise-ready-exercise-float32.txt").write_text(fast._stamp())
+            (tmp_path / "charwise-ready-exercise-float32.txt").write_text(fast.sources_stamp())
         fast.warm_up("float64", spec, exercise=True)
         assert fast.cached(spec, True, "float64")
         assert speed.is_file() == timed, (marked, seconds)

@@ -44,9 +44,11 @@ from charwise.engines.numerics import (
     _sigmoid,
     _smooth,
     _tanh,
+    cache_folder,
     jit,
     numba,  # set up there: its cache folder is chosen before its import
     pjit,
+    sources_stamp,
     tanh,
 )
 from charwise.params import Params, RNNParams
@@ -666,7 +668,7 @@ def cached(spec, exercise: bool = False, dtype="float64", batch: int = 1) -> boo
     them): warm_up leaves a mark per family (or the exercise), dtype and threading, stamped with
     the engine's sources, whose change makes numba compile again. (numba's index files are one
     per function, whatever family or dtype they were compiled for: their names say nothing.)"""
-    return _read(_mark(spec, exercise, dtype, batch)) == _stamp()
+    return _read(_mark(spec, exercise, dtype, batch)) == sources_stamp()
 
 
 def _read(path: Path) -> str | None:
@@ -695,7 +697,7 @@ def compile_estimate(spec, exercise: bool = False, batch: int = 1) -> float:
     COMPILE_SECONDS times how long this machine's last whole compile took against them (1 until
     one was timed, or where the record is unreadable)."""
     try:
-        ratio = float(_read(_cache_folder() / COMPILE_SPEED) or "")
+        ratio = float(_read(cache_folder() / COMPILE_SPEED) or "")
     except ValueError:  # none yet, or unreadable
         ratio = 1.0
     ratio = ratio if 0.05 <= ratio <= 50 else 1.0  # also NaN: a record no compile could make
@@ -705,7 +707,7 @@ def compile_estimate(spec, exercise: bool = False, batch: int = 1) -> float:
 def _mark(spec, exercise: bool, dtype, batch: int) -> Path:
     threads = "" if exercise or _chunks(spec, batch) == 1 else "-threads"
     panels = "-panels" if not exercise and _tiny_batch(batch) == kernels.GEMM_ROWS else ""
-    return _cache_folder() / f"{_marks(spec, exercise)}-{np.dtype(dtype).name}{threads}{panels}.txt"
+    return cache_folder() / f"{_marks(spec, exercise)}-{np.dtype(dtype).name}{threads}{panels}.txt"
 
 
 def _marks(spec, exercise: bool) -> str:
@@ -720,24 +722,12 @@ def _tiny_batch(batch: int) -> int:
     return kernels.GEMM_ROWS if batch >= kernels.GEMM_ROWS else 2
 
 
-def _stamp() -> str:
-    """The engine's source files as numba's cache sees them (modification time and size)."""
-    files = sorted(Path(__file__).parent.glob("*.py"))
-    return "".join(f"{f.name} {f.stat().st_mtime_ns} {f.stat().st_size}\n" for f in files)
-
-
-def _cache_folder() -> Path:
-    if numba.config.CACHE_DIR:
-        return Path(numba.config.CACHE_DIR)
-    return Path(__file__).parent / "__pycache__"
-
-
 def _sampling_cached(spec) -> bool:
     return _in_cache(["fast._evaluate" if _kernel(spec) else "fast._model_evaluate"])
 
 
 def _in_cache(names) -> bool:
-    return all(any(_cache_folder().glob(f"**/{name}-*.nbi")) for name in names)
+    return all(any(cache_folder().glob(f"**/{name}-*.nbi")) for name in names)
 
 
 WARM: set[tuple] = set()  # (dtype, family, exercise, parts) whose kernels this process has ready
@@ -761,8 +751,8 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     # timed for compile_estimate on the first compile of this family (or the exercise) since
     # the engine's sources changed: one that finds another dtype's or threading's kernels in the
     # cache would time too short
-    stamp = _stamp()
-    marks = _cache_folder().glob(f"{_marks(spec, exercise)}-*.txt")
+    stamp = sources_stamp()
+    marks = cache_folder().glob(f"{_marks(spec, exercise)}-*.txt")
     whole = not any(_read(mark) == stamp for mark in marks)
     t0 = time.perf_counter()
     aside = _compile_aside(np.dtype(dtype), spec)
@@ -799,7 +789,7 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
         seconds = time.perf_counter() - t0
         if whole and seconds > LOADED_SECONDS:  # no mark, yet cached: marks removed by hand
             ratio = seconds / COMPILE_SECONDS[_compile_kind(spec, exercise, batch)]
-            safeio.write_text(_cache_folder() / COMPILE_SPEED, f"{ratio:.3f}\n")
+            safeio.write_text(cache_folder() / COMPILE_SPEED, f"{ratio:.3f}\n")
     except OSError:
         pass
 

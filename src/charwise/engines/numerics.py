@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from llvmlite import ir as llvmlite_ir
 
+from charwise import safeio
+
 
 def numba_cache_dir(package_writable: bool, environ) -> str | None:
     """The folder for numba's on-disk cache when this package's folder is read-only.
@@ -37,6 +39,49 @@ import numba  # noqa: E402  (after the cache folder is chosen)
 
 if CACHE_DIR:
     numba.config.CACHE_DIR = CACHE_DIR  # also when numba was imported before charwise
+
+
+def cache_folder() -> Path:
+    """Where numba keeps the engine's compiled kernels."""
+    if numba.config.CACHE_DIR:
+        return Path(numba.config.CACHE_DIR)
+    return Path(__file__).parent / "__pycache__"
+
+
+def sources_stamp() -> str:
+    """The engine's source files as numba's cache sees them (modification time and size)."""
+    files = sorted(Path(__file__).parent.glob("*.py"))
+    return "".join(f"{f.name} {f.stat().st_mtime_ns} {f.stat().st_size}\n" for f in files)
+
+
+SOURCES = "charwise-sources.txt"  # in the cache folder: the sources its kernels came from
+
+
+def drop_stale_kernels(folder: Path, stamp: str) -> None:
+    """Remove the engine's compiled kernels from numba's cache folder where they were compiled
+    from other sources than `stamp` (sources_stamp). numba stamps each function's entry with its
+    own file alone, so a kernel compiled before a file it calls changed (kernels.py's block
+    around matvec.py's loops) would still be loaded: the old code of the changed file. Only
+    files of this package's modules are removed (numba's folder may be the user's, shared)."""
+    record = folder / SOURCES
+    try:
+        if record.read_text() == stamp:
+            return
+    except OSError:  # none yet
+        pass
+    modules = {f.stem for f in Path(__file__).parent.glob("*.py")}
+    try:
+        for f in folder.glob("**/*.nb[ic]"):
+            ours = folder.name == "__pycache__" or f.parent.name.startswith("engines_")
+            if ours and f.name.split(".")[0] in modules:
+                f.unlink(missing_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        safeio.write_text(record, stamp)
+    except OSError:  # a read-only folder: numba does not write there either
+        pass
+
+
+drop_stale_kernels(cache_folder(), sources_stamp())
 
 # Fused multiply-add only: one rounding instead of two in a*b + c. No reassociation, no
 # approximate functions, no NaN/inf assumptions (full fastmath would break all of these).
