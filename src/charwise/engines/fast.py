@@ -554,7 +554,9 @@ def _chunked(a: np.ndarray, gates: int, n: int) -> np.ndarray:
 # than one thread's outweigh what it saves.
 PARALLEL_MIN = 4 * 256 * 256
 # Parameters from which the products over a chunk and the optimiser's step are split over several
-# threads where the layers' steps are not (kernels' bulk tag), and the least each thread gets: ...
+# threads where the layers' steps are not (kernels' bulk tag), and half of it the least each
+# thread gets: an lstm m 128 (107,713) trained 6-10% faster so on an AVX2 Zen 3, a gru m 128
+# (83,009) up to 10%, an rnn m 128 (33,217) no faster (a parallel region costs 1.5-8 us).
 BULK_PARALLEL_MIN = 1 << 16
 
 
