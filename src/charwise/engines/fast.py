@@ -704,16 +704,18 @@ def _read(path: Path) -> str | None:
 
 # How long warm_up takes to compile a run's kernels on a first start, in seconds, on the 2-core
 # 2.6 GHz machine they were measured on (a first `charwise train --updates 1`: the exercise 16 s,
-# an lstm or gru 39 to 40, one whose steps run in parts on threads, which compiles that block too,
-# 81); on a 2-core Zen 3 VM the same took 1.7 to 2.7 times as long. warm_up keeps this machine's
-# ratio to them (COMPILE_SPEED in the cache folder) and compile_estimate scales them by it.
-COMPILE_SECONDS = {"exercise": 15.0, "family": 40.0, "threads": 80.0}
+# an lstm or gru 39 to 40); on a 2-core Zen 3 VM the same took 1.3 to 2.7 times as long. A block
+# that runs on threads (_parts) took 1.1 to 1.3 times a family's there (an lstm m 128 batch 1
+# 58.9 s, its bulk on threads; an lstm m 256 batch 32 70.3; the lstm on one thread 52.5). warm_up
+# keeps this machine's ratio to them (COMPILE_SPEED in the cache folder) and compile_estimate
+# scales them by it.
+COMPILE_SECONDS = {"exercise": 15.0, "family": 40.0, "threads": 50.0}
 COMPILE_SPEED = "charwise-compile-speed.txt"
 LOADED_SECONDS = 5.0  # a warm_up this quick loaded its kernels from numba's cache: not timed
 
 
 def _compile_kind(spec, exercise: bool, batch: int) -> str:
-    return "exercise" if exercise else "family" if _chunks(spec, batch) == 1 else "threads"
+    return "exercise" if exercise else "family" if _parts(spec, batch) == (1, 1) else "threads"
 
 
 def compile_estimate(spec, exercise: bool = False, batch: int = 1) -> float:
@@ -761,8 +763,8 @@ WARM: set[tuple] = set()  # (dtype, family, exercise, parts, bulk) ready in this
 def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     """Compile (or load from the cache) the kernels a run of this model calls, and only those:
     training in its dtype (the exercise's kernels, or a block of a tiny model of its family: two
-    streams, dropout, Adam; one compiled block serves every optimiser and layer count; a second
-    one runs in parts on threads where `batch` streams of this model do: _parts), sampling
+    streams, dropout, Adam, on the threads that `batch` streams of this model run on: _parts;
+    one compiled block serves every optimiser and layer count), sampling
     and validation (float64, W in the run's dtype: _packed), so that the run's first block
     measures training only. On a first start the sampling side compiles in a second process
     (_compile_aside), beside training's, and is then loaded from the cache."""
@@ -797,10 +799,8 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
             dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
             resets = np.ones((1, B), bool)
             args = (state, adam, data, starts, lengths, resets, np.empty(1), dropout)
-            run_block(*args)
-            if bulk > 1:  # the block that runs in parts (types of its own: _parts_tag, bulk)
-                with _team(bulk):
-                    kernels.run_block(*args, parts, bulk)
+            with _team(bulk):  # the block of the run's threads (its own types: _parts_tag, bulk)
+                kernels.run_block(*args, parts, bulk)
     except BaseException:
         if aside is not None:
             aside.kill()
