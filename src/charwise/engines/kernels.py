@@ -556,17 +556,14 @@ def _workspace(family, L, T, B, V, G, drop):
 
 
 @jit
-def _loss_and_grads(
-    family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws, parts, bulk
-):
+def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws, parts):
     """reference.loss_and_grads_batch for B streams, in the parameters' dtype: returns the loss;
     fills grads and last = (h, c) after each stream's last real step.
 
     layers = (U, W, b, b_hn) typed lists, one entry per layer (b_hn of no entries but for the
     gru); grads = the same four lists, then dV, dc; h0, c0 (L, B, m) (c0 of no units but for
     the lstm); masks (L, T', B, m) with T' >= T, or an empty array for no dropout; ws: a
-    _workspace of at least T steps; parts: the steps' (_steps), bulk: the products' over the
-    chunk (_product), each a tuple whose length is the count.
+    _workspace of at least T steps.
     """
     Us, Ws, bs, bhns = layers
     dUs, dWs, dbs, dbhns, dV, dc = grads
@@ -581,6 +578,7 @@ def _loss_and_grads(
         for k in range(B):
             real[t * B + k] = t < lengths[k]
     Ux, dO, dH, dU, dZ, H_prev = Ux[:T], dO[:TB], dH[:T], dU[:T], dZ[:T], H_prev[:T]
+    in_order = np.arange(TB).reshape(T, B)  # the rows of a layer's input terms Ux (T B, G)
     for l in range(L):
         if l == 0:  # U's column x_t (the row x_t of U^T) for every step and stream
             inputs_l, rows = np.ascontiguousarray(Us[0].T), X
@@ -588,8 +586,8 @@ def _loss_and_grads(
             below = Hs[l - 1, :T]
             if drop:  # the layer's input: the layer below's h, masked
                 below = np.multiply(below, masks[l - 1, :T], inputs[l, :T])
-            inputs_l, rows = Ux.reshape(TB, G), np.arange(TB).reshape(T, B)  # Ux's rows in order
-            _product(below.reshape(TB, m), np.ascontiguousarray(Us[l].T), inputs_l, bulk)
+            inputs_l, rows = Ux.reshape(TB, G), in_order
+            _product(below.reshape(TB, m), np.ascontiguousarray(Us[l].T), inputs_l, parts)
         H, S1, S2, S3 = Hs[l, :T], S1s[l, :T], S2s[l, :T], S3s[l, :T]
         args = (inputs_l, rows, Ws[l], bs[l], bhns[l], h0[l], c0[l], H, S1, S2, S3, parts)
         cell_forward(family, *args)
@@ -597,11 +595,11 @@ def _loss_and_grads(
     if drop:
         h_top = np.multiply(h_top, masks[L - 1, :T], top[:T])
     flat_top = h_top.reshape(TB, m)
-    _product(flat_top, np.ascontiguousarray(V.T), dO, bulk)
+    _product(flat_top, np.ascontiguousarray(V.T), dO, parts)
     loss = _softmax_loss(dO, c, y, real, 1.0 / B) / B
-    _product(dO.T, flat_top, dV, bulk)
+    _product(dO.T, flat_top, dV, parts)
     _row_sums(dO, dc)
-    _product(dO, V, dH.reshape(TB, m), bulk)
+    _product(dO, V, dH.reshape(TB, m), parts)
     if drop:
         dH *= masks[L - 1, :T]
     for l in range(L - 1, -1, -1):
@@ -611,7 +609,7 @@ def _loss_and_grads(
         _copy(H_prev[0], h0[l])
         _copy(H_prev[1:].reshape((T - 1) * B, m), H[: T - 1].reshape((T - 1) * B, m))
         flat, flat_z = dUx.reshape(TB, G), dZx.reshape(TB, G)
-        _product(flat_z.T, H_prev.reshape(TB, m), dWs[l], bulk)
+        _product(flat_z.T, H_prev.reshape(TB, m), dWs[l], parts)
         _row_sums(flat, dbs[l])
         if bhns[l].size:
             _row_sums(flat_z[:, 2 * m :], dbhns[l])
@@ -620,8 +618,8 @@ def _loss_and_grads(
             _copy(dUs[0], dUT.T)
         else:
             below = inputs[l, :T] if drop else Hs[l - 1, :T]
-            _product(flat.T, below.reshape(TB, m), dUs[l], bulk)
-            _product(flat, Us[l], dH.reshape(TB, m), bulk)
+            _product(flat.T, below.reshape(TB, m), dUs[l], parts)
+            _product(flat, Us[l], dH.reshape(TB, m), parts)
             if drop:
                 dH *= masks[l - 1, :T]
     h_last, c_last = last
@@ -687,48 +685,17 @@ def _adam(p, g, m, v, lr, eps, clip, beta1, beta2, t):
 
 
 @jit
-def _step(code, consts, ps, gs, s1, s2, lr, t, q, parts):
-    """Part q of `parts` of one update of every array of ps (flat views) from gs: the same part
-    of each array; s1, s2: the optimiser's slots (G; v; m and v); consts = (eps, clip, alpha,
-    beta1, beta2)."""
+def _step(code, consts, ps, gs, s1, s2, lr, t):
+    """One update of every array of ps (flat views) from gs; s1, s2: the optimiser's slots
+    (G; v; m and v); consts = (eps, clip, alpha, beta1, beta2)."""
     eps, clip, alpha, beta1, beta2 = consts
     for i in range(len(ps)):
-        n = ps[i].size
-        k = slice(split_at(q, parts, n, STEP_ALIGN), split_at(q + 1, parts, n, STEP_ALIGN))
-        p, g, a = ps[i][k], gs[i][k], s1[i][k]
         if code == ADAM:
-            _adam(p, g, a, s2[i][k], lr, eps, clip, beta1, beta2, t)
+            _adam(ps[i], gs[i], s1[i], s2[i], lr, eps, clip, beta1, beta2, t)
         elif code == RMSPROP:
-            _rmsprop(p, g, a, lr, eps, clip, alpha)
+            _rmsprop(ps[i], gs[i], s1[i], lr, eps, clip, alpha)
         else:
-            _adagrad(p, g, a, lr, eps, clip)
-
-
-STEP_ALIGN = 16  # a part of an array starts at a multiple of this many entries (a cache line)
-
-
-def _update(code, consts, ps, gs, s1, s2, lr, t, bulk):
-    """One update of every array (_step): one call for bulk of length 1, else one part of each
-    array per thread of numba's (the same bits: every entry's step is its own; compiled code
-    only). bulk is a tuple whose length is the count, as _steps' parts."""
-    raise NotImplementedError
-
-
-@numba.extending.overload(_update)
-def _update_by_count(code, consts, ps, gs, s1, s2, lr, t, bulk):
-    if bulk.count == 1:
-        return lambda code, consts, ps, gs, s1, s2, lr, t, bulk: _step(
-            code, consts, ps, gs, s1, s2, lr, t, 0, 1
-        )
-    return lambda code, consts, ps, gs, s1, s2, lr, t, bulk: _parallel_update(
-        code, consts, ps, gs, s1, s2, lr, t, len(bulk)
-    )
-
-
-@pjit
-def _parallel_update(code, consts, ps, gs, s1, s2, lr, t, parts):
-    for q in numba.prange(parts):
-        _step(code, consts, ps, gs, s1, s2, lr, t, q, parts)
+            _adagrad(ps[i], gs[i], s1[i], lr, eps, clip)
 
 
 # ---- a block of updates in one call -----------------------------------------------------------
@@ -739,12 +706,11 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
     model = (layers, V, c, grads, flat): as _loss_and_grads, and flat = (params, grads, best,
     slot 1, slot 2) as typed lists of flat views, in the order of Params.names();
     run = (carry (h, c), best carry (h, c), fstate [smooth, best_smooth], istate [updates,
-    best_update, best_x0], optimiser code, its constants, the parts of each step (_steps), the
-    bulk tag: the parts of the products over a chunk and of the optimiser's step (_update));
+    best_update, best_x0], optimiser code, its constants, the parts of each step (_steps));
     uniforms (updates, L, B, tau, m): the dropout draws (rate p), or empty.
     """
     layers, V, c, grads, flat = model
-    carry, best_carry, fstate, istate, code, consts, parts, bulk = run
+    carry, best_carry, fstate, istate, code, consts, parts = run
     ps, gs, best, s1, s2 = flat
     h, cc = carry
     L, B, m = h.shape
@@ -775,7 +741,7 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
                     for j in range(m):
                         masks[l, t, b, j] = keep if uniforms[k, l, b, t, j] >= p else 0.0
         loss = _loss_and_grads(
-            family, X, Y, lengths[k], h, cc, masks, layers, V, c, grads, last, ws, parts, bulk
+            family, X, Y, lengths[k], h, cc, masks, layers, V, c, grads, last, ws, parts
         )
         losses[k] = loss
         finite = math.isfinite(loss)
@@ -792,7 +758,7 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
             istate[2] = X[0, 0]
             istate[1] = istate[0] + 1
             fstate[1] = fstate[0]
-        _update(code, consts, ps, gs, s1, s2, lrs[k], istate[0] + 1, bulk)
+        _step(code, consts, ps, gs, s1, s2, lrs[k], istate[0] + 1)
         _copy(h.reshape(L * B, m), last[0].reshape(L * B, m))
         w = cc.shape[2]  # m for the lstm's c, else 0
         _copy(cc.reshape(L * B, w), last[1].reshape(L * B, w))
@@ -843,12 +809,9 @@ def _model(params: Params):
     return layers, V, c, grads, (*glayers, grads["V"], grads["c"])
 
 
-def loss_and_grads_batch(
-    params: Params, X, Y, lengths, state0: tuple, masks=None, parts=1, bulk=None
-):
+def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None, parts=1):
     """reference.loss_and_grads_batch in the parameters' dtype, compiled; each step in `parts`
-    parts (threads) of the units, the products over the chunk in `bulk` (as many unless
-    given)."""
+    parts (threads) of the units."""
     spec = params.spec
     T, B = X.shape
     layers, V, c, grads, gviews = _model(params)
@@ -861,18 +824,15 @@ def loss_and_grads_batch(
     args = (_c(X, np.int64), _c(Y, np.int64), _c(lengths, np.int64), h0, c0, drop, layers, V, c)
     G = spec.cell.GATES * spec.m
     ws = _workspace(TAGS[spec.family], spec.layers, T, B, V, G, masks is not None)
-    tags = (_parts_tag(parts, B), (0,) * (bulk or parts))
-    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws, *tags)
+    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws, _parts_tag(parts, B))
     return float(loss), grads, last[: len(spec.state_names)]
 
 
-def run_block(
-    state, optimizer, data, starts, lengths, resets, losses, dropout=None, parts=1, bulk=None
-):
+def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None, parts=1):
     """reference.run_block, a block of updates per compiled call, each step in `parts` parts
-    (threads) of the units, the products over a chunk and the optimiser's step in `bulk` parts
-    (as many as parts unless given; with dropout, the block in parts too, whose draws are taken
-    at once: the same numbers, in the same order, as the reference's one draw per mask)."""
+    (threads) of the units (with dropout, parts of the
+    block, whose draws are taken at once: the same numbers, in the same order, as the
+    reference's one draw per mask)."""
     spec, params = state.spec, state.params
     n, B = np.shape(starts)
     layers, V, c, grads, gviews = _model(params)
@@ -897,7 +857,6 @@ def run_block(
         OPTIMIZER_CODES[optimizer.name],
         consts,
         _parts_tag(parts, B),
-        (0,) * (bulk or parts),
     )
     lrs = np.array([optimizer.lr(state.updates + 1 + k) for k in range(n)])
     data, starts = np.ascontiguousarray(data), _c(starts, np.int64)
