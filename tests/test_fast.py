@@ -361,6 +361,57 @@ def test_training_in_parts_of_the_units_equals_one_thread_to_the_bit(family):
                 assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("name", ["adagrad", "rmsprop", "adam"])
+def test_bulk_in_parts_equals_one_thread_to_the_bit(name):
+    """The products over a chunk and each update's optimiser step may run in parts, one per
+    thread, where the layers' steps do not (kernels' bulk tag): the loss, gradients and last
+    states, and a block of updates (losses, parameters, the optimiser's slots) are the same
+    bits for 1, 2 and 3 parts (one is what the reference tests compare; m = 29: the arrays'
+    parts do not all end at multiples of kernels.STEP_ALIGN)."""
+    from charwise.engines import kernels
+    from charwise.optim import make_optimizer
+    from charwise.schedule import Streams
+
+    c = corpus(2000)
+    rng = np.random.default_rng(9)
+    for dtype, B in ((np.float64, 1), (np.float32, 3)):
+        spec = ModelSpec("lstm", K=len(c.vocab), m=29)
+        params = Params.init(spec, seed=4).astype(dtype)
+        X, Y = rng.integers(0, len(c.vocab), (2, 9, B))
+        state0 = tuple(rng.standard_normal(s.shape) * 0.5 for s in spec.zero_state(B))
+        opt = make_optimizer(name, 0.01)
+        results = []
+        for bulk in (1, 2, 3):
+            loss, grads, last = kernels.loss_and_grads_batch(
+                params, X, Y, np.full(B, 9), state0, None, 1, bulk
+            )
+            state = TrainState.fresh(params.copy(), batch=B, opt=opt.init_state(params))
+            losses = np.empty(6)
+            block = Streams(c, 9, B).block(0, 6)
+            assert kernels.run_block(state, opt, c.data, *block, losses, None, 1, bulk) == 6
+            slots = [a for s in opt.slots for a in state.opt[s].arrays()]
+            results.append((np.array(loss), *grads.arrays(), *last, losses))
+            results[-1] += (*state.params.arrays(), *slots)
+        assert np.any(results[0][-1] != 0)  # the optimiser's slot of V, zero at the start
+        for split in results[1:]:
+            for got, want in zip(split, results[0], strict=True):
+                assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_optimiser_steps_run_on_threads_for_large_models_alone(monkeypatch):
+    monkeypatch.setattr(fast.numba, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(fast.numba, "threading_layer", lambda: "omp")
+    monkeypatch.setattr(fast.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    parts = lambda family, m, B=1: fast._parts(ModelSpec(family, K=65, m=m), B)  # noqa: E731
+    assert parts("rnn", 128) == (1, 1)  # 33,217 parameters: below BULK_PARALLEL_MIN
+    assert parts("gru", 128) == (1, 2)  # 83,009: BULK_PARALLEL_MIN / 2 per thread at least
+    assert parts("lstm", 128) == (1, 3)  # 107,713
+    assert parts("lstm", 256, 32) == (4, 4)  # the layers' steps in parts: the same threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert parts("lstm", 128) == (1, 1)
+
+
 @pytest.mark.parametrize("family", ["rnn", "lstm", "gru"])
 def test_large_products_by_blas_equal_the_reference_and_any_parts(family):
     """Products over a chunk of kernels.BLAS_MACS multiply-adds or more go to BLAS: a model

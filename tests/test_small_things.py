@@ -68,13 +68,13 @@ def test_the_compile_estimate_scales_by_this_machines_last_whole_compile(tmp_pat
 
     monkeypatch.setattr(fast, "cache_folder", lambda: tmp_path)
     lstm, big = ModelSpec("lstm", 65, 128), ModelSpec("lstm", 65, 256)
-    monkeypatch.setattr(fast, "_chunks", lambda spec, batch=1: 2 if batch > 1 else 1)
+    monkeypatch.setattr(fast, "_parts", lambda spec, batch=1: (2, 2) if batch > 1 else (1, 1))
     assert fast.compile_estimate(lstm) == 40 and fast.compile_estimate(big, True) == 15
     for text, ratio in (("2.5\n", 2.5), ("0.4", 0.4), ("", 1.0), ("nan", 1.0), ("1e9", 1.0)):
         (tmp_path / fast.COMPILE_SPEED).write_text(text)
         estimates = [fast.compile_estimate(big, True), fast.compile_estimate(lstm)]
         estimates.append(fast.compile_estimate(big, batch=32))  # steps in parts on threads
-        assert estimates == [15 * ratio, 40 * ratio, 80 * ratio], text
+        assert estimates == [15 * ratio, 40 * ratio, 50 * ratio], text
 
 
 def test_progress_bar_fits_80_columns(corpus_file, tmp_path, monkeypatch):

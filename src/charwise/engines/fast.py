@@ -553,30 +553,54 @@ def _chunked(a: np.ndarray, gates: int, n: int) -> np.ndarray:
 # the least each chunk gets: below it, the few microseconds that a parallel step costs more
 # than one thread's outweigh what it saves.
 PARALLEL_MIN = 4 * 256 * 256
+# Parameters from which the products over a chunk and the optimiser's step are split over several
+# threads where the layers' steps are not (kernels' bulk tag), and half of it the least each
+# thread gets: an lstm m 128 (107,713) trained 6-10% faster so on an AVX2 Zen 3, a gru m 128
+# (83,009) up to 10%, an rnn m 128 (33,217) no faster (a parallel region costs 1.5-8 us).
+BULK_PARALLEL_MIN = 1 << 16
 
 
-def _chunks(spec, batch: int = 1) -> int:
-    """How many chunks (threads) step each layer (of `batch` streams at once: training's
-    kernels.run_block parts): at most numba's threads and _cores(), one per PARALLEL_MIN / 2
-    of work (and 2 kernels.UNIT_STEP units for a batch), and a divisor of m. One below
-    PARALLEL_MIN, one in a forked child of a process that stepped on several threads
-    (PARALLEL_PID), and one where numba's threading layer is its own "workqueue" (its
-    fallback where there is no OpenMP or TBB library), which aborts the process when two
+def _threads(work: int, least: int) -> int:
+    """How many threads may share `work` with `least` of it each at least: at most numba's
+    threads and _cores(). One below 2 least, one in a forked child of a process that ran
+    parallel work (PARALLEL_PID), and one where numba's threading layer is its own "workqueue"
+    (its fallback where there is no OpenMP or TBB library), which aborts the process when two
     threads start parallel work at once (the dashboard samples for several requests at a
     time)."""
-    work = spec.cell.GATES * spec.m * spec.m * batch
-    if work < PARALLEL_MIN or PARALLEL_PID[:1] not in ([], [os.getpid()]):
+    if work < 2 * least or PARALLEL_PID[:1] not in ([], [os.getpid()]):
         return 1
     threads = numba.get_num_threads()  # starts numba's threads: the layer is then known
     if numba.threading_layer() == "workqueue":
         return 1
-    most = min(threads, _cores(), work * 2 // PARALLEL_MIN)
-    if batch > 1:  # training's products of several rows: parts of 2 UNIT_STEP units at least
-        most = max(1, min(most, spec.m // (2 * kernels.UNIT_STEP)))
-    n = max(n for n in range(1, most + 1) if spec.m % n == 0)
+    return min(threads, _cores(), work // max(least, 1))
+
+
+def _claimed(n: int) -> int:
+    """n threads, this process recorded as the one that ran parallel work where n > 1."""
     if n > 1 and not PARALLEL_PID:
         PARALLEL_PID.append(os.getpid())
     return n
+
+
+def _chunks(spec, batch: int = 1) -> int:
+    """How many chunks (threads) step each layer (of `batch` streams at once: training's
+    kernels.run_block parts): _threads of W h's multiply-adds, PARALLEL_MIN / 2 each (and 2
+    kernels.UNIT_STEP units each for a batch), and a divisor of m."""
+    most = _threads(spec.cell.GATES * spec.m * spec.m * batch, PARALLEL_MIN // 2)
+    if batch > 1:  # training's products of several rows: parts of 2 UNIT_STEP units at least
+        most = max(1, min(most, spec.m // (2 * kernels.UNIT_STEP)))
+    return _claimed(max(n for n in range(1, most + 1) if spec.m % n == 0))
+
+
+def _parts(spec, batch: int = 1) -> tuple[int, int]:
+    """(parts, bulk) of training's kernels.run_block: _chunks, and the threads that share the
+    products over a chunk and the optimiser's step: the chunks' where there are several, else
+    _threads of the parameters, BULK_PARALLEL_MIN / 2 each."""
+    parts = _chunks(spec, batch)
+    if parts > 1:
+        return parts, parts
+    size = sum(math.prod(shape) for shape in spec.shapes().values())
+    return 1, _claimed(_threads(size, BULK_PARALLEL_MIN // 2))
 
 
 def _cores() -> int:
@@ -680,16 +704,18 @@ def _read(path: Path) -> str | None:
 
 # How long warm_up takes to compile a run's kernels on a first start, in seconds, on the 2-core
 # 2.6 GHz machine they were measured on (a first `charwise train --updates 1`: the exercise 16 s,
-# an lstm or gru 39 to 40, one whose steps run in parts on threads, which compiles that block too,
-# 81); on a 2-core Zen 3 VM the same took 1.7 to 2.7 times as long. warm_up keeps this machine's
-# ratio to them (COMPILE_SPEED in the cache folder) and compile_estimate scales them by it.
-COMPILE_SECONDS = {"exercise": 15.0, "family": 40.0, "threads": 80.0}
+# an lstm or gru 39 to 40); on a 2-core Zen 3 VM the same took 1.3 to 2.7 times as long. A block
+# that runs on threads (_parts) took 1.1 to 1.3 times a family's there (an lstm m 128 batch 1
+# 58.9 s, its bulk on threads; an lstm m 256 batch 32 70.3; the lstm on one thread 52.5). warm_up
+# keeps this machine's ratio to them (COMPILE_SPEED in the cache folder) and compile_estimate
+# scales them by it.
+COMPILE_SECONDS = {"exercise": 15.0, "family": 40.0, "threads": 50.0}
 COMPILE_SPEED = "charwise-compile-speed.txt"
 LOADED_SECONDS = 5.0  # a warm_up this quick loaded its kernels from numba's cache: not timed
 
 
 def _compile_kind(spec, exercise: bool, batch: int) -> str:
-    return "exercise" if exercise else "family" if _chunks(spec, batch) == 1 else "threads"
+    return "exercise" if exercise else "family" if _parts(spec, batch) == (1, 1) else "threads"
 
 
 def compile_estimate(spec, exercise: bool = False, batch: int = 1) -> float:
@@ -705,7 +731,8 @@ def compile_estimate(spec, exercise: bool = False, batch: int = 1) -> float:
 
 
 def _mark(spec, exercise: bool, dtype, batch: int) -> Path:
-    threads = "" if exercise or _chunks(spec, batch) == 1 else "-threads"
+    parts, bulk = (1, 1) if exercise else _parts(spec, batch)
+    threads = "-threads" if parts > 1 else "-bulk-threads" if bulk > 1 else ""
     panels = "-panels" if not exercise and _tiny_batch(batch) == kernels.GEMM_ROWS else ""
     return cache_folder() / f"{_marks(spec, exercise)}-{np.dtype(dtype).name}{threads}{panels}.txt"
 
@@ -730,22 +757,22 @@ def _in_cache(names) -> bool:
     return all(any(cache_folder().glob(f"**/{name}-*.nbi")) for name in names)
 
 
-WARM: set[tuple] = set()  # (dtype, family, exercise, parts) whose kernels this process has ready
+WARM: set[tuple] = set()  # (dtype, family, exercise, parts, bulk) ready in this process
 
 
 def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
     """Compile (or load from the cache) the kernels a run of this model calls, and only those:
     training in its dtype (the exercise's kernels, or a block of a tiny model of its family: two
-    streams, dropout, Adam; one compiled block serves every optimiser and layer count; a second
-    one steps in parts on threads where `batch` streams of this model do: _chunks), sampling
+    streams, dropout, Adam, on the threads that `batch` streams of this model run on: _parts;
+    one compiled block serves every optimiser and layer count), sampling
     and validation (float64, W in the run's dtype: _packed), so that the run's first block
     measures training only. On a first start the sampling side compiles in a second process
     (_compile_aside), beside training's, and is then loaded from the cache."""
     from charwise.models import ModelSpec
     from charwise.optim import make_optimizer
 
-    parts = 1 if exercise else _chunks(spec, batch)
-    key = (str(dtype), spec.family, exercise, parts)
+    parts, bulk = (1, 1) if exercise else _parts(spec, batch)
+    key = (str(dtype), spec.family, exercise, parts, bulk)
     if key in WARM:
         return
     # timed for compile_estimate on the first compile of this family (or the exercise) since
@@ -772,10 +799,8 @@ def warm_up(dtype, spec, exercise: bool = False, batch: int = 1) -> None:
             dropout = reference.Dropout(0.5, 2, np.random.default_rng(0))
             resets = np.ones((1, B), bool)
             args = (state, adam, data, starts, lengths, resets, np.empty(1), dropout)
-            run_block(*args)
-            if parts > 1:  # the block whose steps run in parts (a type of its own: _parts_tag)
-                with _team(parts):
-                    kernels.run_block(*args, parts)
+            with _team(bulk):  # the block of the run's threads (its own types: _parts_tag, bulk)
+                kernels.run_block(*args, parts, bulk)
     except BaseException:
         if aside is not None:
             aside.kill()
@@ -911,9 +936,9 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
     """reference.run_block in one compiled call: the exercise's kernels for the exercise
     (exercise()), kernels.run_block for every other model."""
     if not exercise(state.spec, optimizer, np.shape(starts)[1], dropout):
-        parts = _chunks(state.spec, np.shape(starts)[1])
-        args = (state, optimizer, data, starts, lengths, resets, losses, dropout, parts)
-        with _team(parts):
+        parts, bulk = _parts(state.spec, np.shape(starts)[1])
+        args = (state, optimizer, data, starts, lengths, resets, losses, dropout, parts, bulk)
+        with _team(bulk):
             return kernels.run_block(*args)
     one = (np.asarray(a)[:, 0] for a in (starts, lengths, resets))
     return train_block(state, data, *one, optimizer.eta, optimizer.eps, optimizer.clip, losses)

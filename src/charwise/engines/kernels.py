@@ -556,14 +556,17 @@ def _workspace(family, L, T, B, V, G, drop):
 
 
 @jit
-def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws, parts):
+def _loss_and_grads(
+    family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, last, ws, parts, bulk
+):
     """reference.loss_and_grads_batch for B streams, in the parameters' dtype: returns the loss;
     fills grads and last = (h, c) after each stream's last real step.
 
     layers = (U, W, b, b_hn) typed lists, one entry per layer (b_hn of no entries but for the
     gru); grads = the same four lists, then dV, dc; h0, c0 (L, B, m) (c0 of no units but for
     the lstm); masks (L, T', B, m) with T' >= T, or an empty array for no dropout; ws: a
-    _workspace of at least T steps.
+    _workspace of at least T steps; parts: the steps' (_steps), bulk: the products' over the
+    chunk (_product), each a tuple whose length is the count.
     """
     Us, Ws, bs, bhns = layers
     dUs, dWs, dbs, dbhns, dV, dc = grads
@@ -578,7 +581,6 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
         for k in range(B):
             real[t * B + k] = t < lengths[k]
     Ux, dO, dH, dU, dZ, H_prev = Ux[:T], dO[:TB], dH[:T], dU[:T], dZ[:T], H_prev[:T]
-    in_order = np.arange(TB).reshape(T, B)  # the rows of a layer's input terms Ux (T B, G)
     for l in range(L):
         if l == 0:  # U's column x_t (the row x_t of U^T) for every step and stream
             inputs_l, rows = np.ascontiguousarray(Us[0].T), X
@@ -586,8 +588,8 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
             below = Hs[l - 1, :T]
             if drop:  # the layer's input: the layer below's h, masked
                 below = np.multiply(below, masks[l - 1, :T], inputs[l, :T])
-            inputs_l, rows = Ux.reshape(TB, G), in_order
-            _product(below.reshape(TB, m), np.ascontiguousarray(Us[l].T), inputs_l, parts)
+            inputs_l, rows = Ux.reshape(TB, G), np.arange(TB).reshape(T, B)  # Ux's rows in order
+            _product(below.reshape(TB, m), np.ascontiguousarray(Us[l].T), inputs_l, bulk)
         H, S1, S2, S3 = Hs[l, :T], S1s[l, :T], S2s[l, :T], S3s[l, :T]
         args = (inputs_l, rows, Ws[l], bs[l], bhns[l], h0[l], c0[l], H, S1, S2, S3, parts)
         cell_forward(family, *args)
@@ -595,11 +597,11 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
     if drop:
         h_top = np.multiply(h_top, masks[L - 1, :T], top[:T])
     flat_top = h_top.reshape(TB, m)
-    _product(flat_top, np.ascontiguousarray(V.T), dO, parts)
+    _product(flat_top, np.ascontiguousarray(V.T), dO, bulk)
     loss = _softmax_loss(dO, c, y, real, 1.0 / B) / B
-    _product(dO.T, flat_top, dV, parts)
+    _product(dO.T, flat_top, dV, bulk)
     _row_sums(dO, dc)
-    _product(dO, V, dH.reshape(TB, m), parts)
+    _product(dO, V, dH.reshape(TB, m), bulk)
     if drop:
         dH *= masks[L - 1, :T]
     for l in range(L - 1, -1, -1):
@@ -609,7 +611,7 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
         _copy(H_prev[0], h0[l])
         _copy(H_prev[1:].reshape((T - 1) * B, m), H[: T - 1].reshape((T - 1) * B, m))
         flat, flat_z = dUx.reshape(TB, G), dZx.reshape(TB, G)
-        _product(flat_z.T, H_prev.reshape(TB, m), dWs[l], parts)
+        _product(flat_z.T, H_prev.reshape(TB, m), dWs[l], bulk)
         _row_sums(flat, dbs[l])
         if bhns[l].size:
             _row_sums(flat_z[:, 2 * m :], dbhns[l])
@@ -618,8 +620,8 @@ def _loss_and_grads(family, X, Y, lengths, h0, c0, masks, layers, V, c, grads, l
             _copy(dUs[0], dUT.T)
         else:
             below = inputs[l, :T] if drop else Hs[l - 1, :T]
-            _product(flat.T, below.reshape(TB, m), dUs[l], parts)
-            _product(flat, Us[l], dH.reshape(TB, m), parts)
+            _product(flat.T, below.reshape(TB, m), dUs[l], bulk)
+            _product(flat, Us[l], dH.reshape(TB, m), bulk)
             if drop:
                 dH *= masks[l - 1, :T]
     h_last, c_last = last
@@ -654,28 +656,43 @@ def _in(p, *values):
     return out
 
 
-@jit
-def _adagrad(p, g, G, lr, eps, clip):
-    lr, eps, clip = _in(p, lr, eps, clip)
+def _exact(arrays: int):
+    """Compiled eagerly, for `arrays` 1-D arrays of float32 or of float64 (any layout), without
+    jit's fused multiply-adds: each entry's step is the reference's IEEE arithmetic rounded op
+    by op, the same bits in a loop's vector body and in its remainder, so wherever the arrays
+    are split among threads (_update). Compiled on demand, numba would give these the flags of
+    their first caller (jit's "contract", or a prange's parallel pipeline), and with them the
+    order of the tests deciding a fused a*b + c*d's rounding."""
+    sigs = [
+        numba.void(*[numba.types.Array(f, 1, "A")] * arrays) for f in (numba.float32, numba.float64)
+    ]
+    return numba.njit(sigs, cache=True, nogil=True, error_model="numpy")
+
+
+@_exact(4)
+def _adagrad(p, g, G, k):
+    """k = (lr, eps, clip) in p's dtype (_in)."""
+    lr, eps, clip = k
     for i in range(p.size):
         gi = _clip(g[i], clip)
         G[i] = G[i] + gi * gi
         p[i] = p[i] - lr * gi / math.sqrt(G[i] + eps)
 
 
-@jit
-def _rmsprop(p, g, v, lr, eps, clip, alpha):
-    lr, eps, clip, alpha, rest = _in(p, lr, eps, clip, alpha, 1.0 - alpha)
+@_exact(4)
+def _rmsprop(p, g, v, k):
+    """k = (lr, eps, clip, alpha, 1 - alpha) in p's dtype."""
+    lr, eps, clip, alpha, rest = k
     for i in range(p.size):
         gi = _clip(g[i], clip)
         v[i] = alpha * v[i] + rest * gi * gi
         p[i] = p[i] - lr * gi / (math.sqrt(v[i]) + eps)
 
 
-@jit
-def _adam(p, g, m, v, lr, eps, clip, beta1, beta2, t):
-    c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
-    k = _in(p, lr, eps, clip, beta1, 1.0 - beta1, beta2, 1.0 - beta2, c1, c2)
+@_exact(5)
+def _adam(p, g, m, v, k):
+    """k = (lr, eps, clip, beta1, 1 - beta1, beta2, 1 - beta2, 1 - beta1^t, 1 - beta2^t) in p's
+    dtype."""
     lr, eps, clip, beta1, rest1, beta2, rest2, c1, c2 = k
     for i in range(p.size):
         gi = _clip(g[i], clip)
@@ -685,17 +702,50 @@ def _adam(p, g, m, v, lr, eps, clip, beta1, beta2, t):
 
 
 @jit
-def _step(code, consts, ps, gs, s1, s2, lr, t):
-    """One update of every array of ps (flat views) from gs; s1, s2: the optimiser's slots
-    (G; v; m and v); consts = (eps, clip, alpha, beta1, beta2)."""
+def _step(code, consts, ps, gs, s1, s2, lr, t, q, parts):
+    """Part q of `parts` of one update of every array of ps (flat views) from gs: the same part
+    of each array; s1, s2: the optimiser's slots (G; v; m and v); consts = (eps, clip, alpha,
+    beta1, beta2)."""
     eps, clip, alpha, beta1, beta2 = consts
     for i in range(len(ps)):
+        n = ps[i].size
+        k = slice(split_at(q, parts, n, STEP_ALIGN), split_at(q + 1, parts, n, STEP_ALIGN))
+        p, g, a = ps[i][k], gs[i][k], s1[i][k]
         if code == ADAM:
-            _adam(ps[i], gs[i], s1[i], s2[i], lr, eps, clip, beta1, beta2, t)
+            c1, c2 = 1.0 - beta1**t, 1.0 - beta2**t
+            ks = _in(p, lr, eps, clip, beta1, 1.0 - beta1, beta2, 1.0 - beta2, c1, c2)
+            _adam(p, g, a, s2[i][k], ks)
         elif code == RMSPROP:
-            _rmsprop(ps[i], gs[i], s1[i], lr, eps, clip, alpha)
+            _rmsprop(p, g, a, _in(p, lr, eps, clip, alpha, 1.0 - alpha))
         else:
-            _adagrad(ps[i], gs[i], s1[i], lr, eps, clip)
+            _adagrad(p, g, a, _in(p, lr, eps, clip))
+
+
+STEP_ALIGN = 16  # a part of an array starts at a multiple of this many entries (a cache line)
+
+
+def _update(code, consts, ps, gs, s1, s2, lr, t, bulk):
+    """One update of every array (_step): one call for bulk of length 1, else one part of each
+    array per thread of numba's (the same bits: every entry's step is its own; compiled code
+    only). bulk is a tuple whose length is the count, as _steps' parts."""
+    raise NotImplementedError
+
+
+@numba.extending.overload(_update)
+def _update_by_count(code, consts, ps, gs, s1, s2, lr, t, bulk):
+    if bulk.count == 1:
+        return lambda code, consts, ps, gs, s1, s2, lr, t, bulk: _step(
+            code, consts, ps, gs, s1, s2, lr, t, 0, 1
+        )
+    return lambda code, consts, ps, gs, s1, s2, lr, t, bulk: _parallel_update(
+        code, consts, ps, gs, s1, s2, lr, t, len(bulk)
+    )
+
+
+@pjit
+def _parallel_update(code, consts, ps, gs, s1, s2, lr, t, parts):
+    for q in numba.prange(parts):
+        _step(code, consts, ps, gs, s1, s2, lr, t, q, parts)
 
 
 # ---- a block of updates in one call -----------------------------------------------------------
@@ -706,11 +756,12 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
     model = (layers, V, c, grads, flat): as _loss_and_grads, and flat = (params, grads, best,
     slot 1, slot 2) as typed lists of flat views, in the order of Params.names();
     run = (carry (h, c), best carry (h, c), fstate [smooth, best_smooth], istate [updates,
-    best_update, best_x0], optimiser code, its constants, the parts of each step (_steps));
+    best_update, best_x0], optimiser code, its constants, the parts of each step (_steps), the
+    bulk tag: the parts of the products over a chunk and of the optimiser's step (_update));
     uniforms (updates, L, B, tau, m): the dropout draws (rate p), or empty.
     """
     layers, V, c, grads, flat = model
-    carry, best_carry, fstate, istate, code, consts, parts = run
+    carry, best_carry, fstate, istate, code, consts, parts, bulk = run
     ps, gs, best, s1, s2 = flat
     h, cc = carry
     L, B, m = h.shape
@@ -741,7 +792,7 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
                     for j in range(m):
                         masks[l, t, b, j] = keep if uniforms[k, l, b, t, j] >= p else 0.0
         loss = _loss_and_grads(
-            family, X, Y, lengths[k], h, cc, masks, layers, V, c, grads, last, ws, parts
+            family, X, Y, lengths[k], h, cc, masks, layers, V, c, grads, last, ws, parts, bulk
         )
         losses[k] = loss
         finite = math.isfinite(loss)
@@ -758,7 +809,7 @@ def _block(family, data, starts, lengths, resets, uniforms, p, lrs, losses, mode
             istate[2] = X[0, 0]
             istate[1] = istate[0] + 1
             fstate[1] = fstate[0]
-        _step(code, consts, ps, gs, s1, s2, lrs[k], istate[0] + 1)
+        _update(code, consts, ps, gs, s1, s2, lrs[k], istate[0] + 1, bulk)
         _copy(h.reshape(L * B, m), last[0].reshape(L * B, m))
         w = cc.shape[2]  # m for the lstm's c, else 0
         _copy(cc.reshape(L * B, w), last[1].reshape(L * B, w))
@@ -809,9 +860,12 @@ def _model(params: Params):
     return layers, V, c, grads, (*glayers, grads["V"], grads["c"])
 
 
-def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=None, parts=1):
+def loss_and_grads_batch(
+    params: Params, X, Y, lengths, state0: tuple, masks=None, parts=1, bulk=None
+):
     """reference.loss_and_grads_batch in the parameters' dtype, compiled; each step in `parts`
-    parts (threads) of the units."""
+    parts (threads) of the units, the products over the chunk in `bulk` (as many unless
+    given)."""
     spec = params.spec
     T, B = X.shape
     layers, V, c, grads, gviews = _model(params)
@@ -824,15 +878,18 @@ def loss_and_grads_batch(params: Params, X, Y, lengths, state0: tuple, masks=Non
     args = (_c(X, np.int64), _c(Y, np.int64), _c(lengths, np.int64), h0, c0, drop, layers, V, c)
     G = spec.cell.GATES * spec.m
     ws = _workspace(TAGS[spec.family], spec.layers, T, B, V, G, masks is not None)
-    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws, _parts_tag(parts, B))
+    tags = (_parts_tag(parts, B), (0,) * (bulk or parts))
+    loss = _loss_and_grads(TAGS[spec.family], *args, gviews, last, ws, *tags)
     return float(loss), grads, last[: len(spec.state_names)]
 
 
-def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=None, parts=1):
+def run_block(
+    state, optimizer, data, starts, lengths, resets, losses, dropout=None, parts=1, bulk=None
+):
     """reference.run_block, a block of updates per compiled call, each step in `parts` parts
-    (threads) of the units (with dropout, parts of the
-    block, whose draws are taken at once: the same numbers, in the same order, as the
-    reference's one draw per mask)."""
+    (threads) of the units, the products over a chunk and the optimiser's step in `bulk` parts
+    (as many as parts unless given; with dropout, the block in parts too, whose draws are taken
+    at once: the same numbers, in the same order, as the reference's one draw per mask)."""
     spec, params = state.spec, state.params
     n, B = np.shape(starts)
     layers, V, c, grads, gviews = _model(params)
@@ -857,6 +914,7 @@ def run_block(state, optimizer, data, starts, lengths, resets, losses, dropout=N
         OPTIMIZER_CODES[optimizer.name],
         consts,
         _parts_tag(parts, B),
+        (0,) * (bulk or parts),
     )
     lrs = np.array([optimizer.lr(state.updates + 1 + k) for k in range(n)])
     data, starts = np.ascontiguousarray(data), _c(starts, np.int64)

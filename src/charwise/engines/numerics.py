@@ -69,10 +69,12 @@ def drop_stale_kernels(folder: Path, stamp: str) -> None:
             return
     except OSError:  # none yet
         pass
-    modules = {f.stem for f in Path(__file__).parent.glob("*.py")}
+    here = Path(__file__).parent
+    modules = {f.stem for f in here.glob("*.py")}
+    beside = folder.name == "__pycache__"  # numba's default: this package's folder alone
     try:
         for f in folder.glob("**/*.nb[ic]"):
-            ours = folder.name == "__pycache__" or f.parent.name.startswith("engines_")
+            ours = beside or f.parent.name.startswith(here.name + "_")
             if ours and f.name.split(".")[0] in modules:
                 f.unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
