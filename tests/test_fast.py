@@ -36,6 +36,13 @@ def rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
+def assert_same_bits(results):
+    """Every tuple of arrays in results equals the first, dtype and bits."""
+    for other in results[1:]:
+        for got, want in zip(other, results[0], strict=True):
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
 def corpus(n_chars: int = 3000, seed: int = 0) -> Corpus:
     text = english_like(n_chars, seed)
     vocab = Vocab.from_text(text)
@@ -289,16 +296,19 @@ def test_chunked_steps_equal_one_thread_to_the_bit(monkeypatch, family):
             results.append((drawn, *state, np.array(fast.evaluate(params, data, runs))))
         assert len(set(results[0][0].tolist())) > 5
         assert fast.numba.get_num_threads() == fast.numba.config.NUMBA_NUM_THREADS  # given back
-        for chunked in results[1:]:
-            for got, want in zip(chunked, results[0], strict=True):
-                assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert_same_bits(results)
 
 
-def test_chunks_follow_the_work_the_threads_and_omp_num_threads(monkeypatch):
+def four_threads_of_eight_cores(monkeypatch):
+    """numba's 4 threads (OpenMP) on a machine of 8 cores, OMP_NUM_THREADS unset."""
     monkeypatch.setattr(fast.numba, "get_num_threads", lambda: 4)
     monkeypatch.setattr(fast.numba, "threading_layer", lambda: "omp")
     monkeypatch.setattr(fast.os, "sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+def test_chunks_follow_the_work_the_threads_and_omp_num_threads(monkeypatch):
+    four_threads_of_eight_cores(monkeypatch)
     chunks = lambda family, m: fast._chunks(ModelSpec(family, K=65, m=m))  # noqa: E731
     assert chunks("lstm", 128) == chunks("gru", 256) == 1  # below PARALLEL_MIN
     assert chunks("lstm", 256) == 2  # PARALLEL_MIN / 2 of work per chunk at least
@@ -356,9 +366,7 @@ def test_training_in_parts_of_the_units_equals_one_thread_to_the_bit(family):
             block = Streams(c, 9, B).block(0, 4)
             kernels.run_block(state, opt, c.data, *block, np.empty(4), None, parts)
             results.append((np.array(loss), *grads.arrays(), *last, *state.params.arrays()))
-        for split in results[1:]:
-            for got, want in zip(split, results[0], strict=True):
-                assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert_same_bits(results)
 
 
 @pytest.mark.parametrize("name", ["adagrad", "rmsprop", "adam"])
@@ -393,16 +401,11 @@ def test_bulk_in_parts_equals_one_thread_to_the_bit(name):
             results.append((np.array(loss), *grads.arrays(), *last, losses))
             results[-1] += (*state.params.arrays(), *slots)
         assert np.any(results[0][-1] != 0)  # the optimiser's slot of V, zero at the start
-        for split in results[1:]:
-            for got, want in zip(split, results[0], strict=True):
-                assert got.dtype == want.dtype and np.array_equal(got, want)
+        assert_same_bits(results)
 
 
 def test_optimiser_steps_run_on_threads_for_large_models_alone(monkeypatch):
-    monkeypatch.setattr(fast.numba, "get_num_threads", lambda: 4)
-    monkeypatch.setattr(fast.numba, "threading_layer", lambda: "omp")
-    monkeypatch.setattr(fast.os, "sched_getaffinity", lambda pid: set(range(8)))
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    four_threads_of_eight_cores(monkeypatch)
     parts = lambda family, m, B=1: fast._parts(ModelSpec(family, K=65, m=m), B)  # noqa: E731
     assert parts("rnn", 128) == (1, 1)  # 33,217 parameters: below BULK_PARALLEL_MIN
     assert parts("gru", 128) == (1, 2)  # 83,009: BULK_PARALLEL_MIN / 2 per thread at least
