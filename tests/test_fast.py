@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from charwise import bench as benchmarks
 from charwise.bench import blas
 from charwise.corpus import Corpus, load_corpus
 from charwise.engines import fast, numerics, reference
@@ -694,6 +695,24 @@ def test_bench_names_the_blas_kernels_that_run():
 
 
 @pytest.mark.slow
+def test_measurements_are_sized_past_a_calls_fixed_cost():
+    """A benchmark sizes its measurements to about SECONDS from a measurement of at least half
+    that: from a first one of 2 updates, a fixed 20 ms per call would make every measurement
+    about 38 updates of 0.5 ms, a third of it the fixed cost."""
+    calls = []
+
+    def rate(n, fixed):
+        calls.append(n)
+        return n / (fixed + 0.0005 * n)
+
+    seconds = benchmarks.SECONDS
+    assert benchmarks._sized(lambda n: rate(n, 0.0), 2) == round(seconds / 0.0005)
+    calls.clear()
+    size = benchmarks._sized(lambda n: rate(n, 0.020), 2)
+    assert calls == [2, 8, 32, 128, 512]  # the last: 0.276 s, the first over seconds / 2
+    assert 0.9 * seconds <= size * 0.0005 <= seconds
+
+
 def test_bench_command_prints_every_engine(tmp_path):
     out = bench(tmp_path, "--m", "8", "--seq-length", "10", "--repeats", "1")
     for label in (

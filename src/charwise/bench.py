@@ -11,6 +11,7 @@ the table reports medians. Used by `charwise bench` and benchmarks/engines.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import platform
@@ -221,6 +222,22 @@ def _timed(func, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _sample(player, n: int):
+    return player.sample(n, np.random.default_rng(SAMPLE_SEED))
+
+
+def _sized(rate, n: int) -> int:
+    """How many units (updates, characters) take about SECONDS, from rate(n) (units per second
+    over n of them) for n, 4n, 16n, ... until one measurement takes half of SECONDS: a call's
+    fixed cost (converting its arguments, waking threads) would otherwise make a short first
+    measurement's rate low, and with it every measurement short and its rate low too."""
+    while True:
+        per_second = rate(n)
+        if n / per_second >= SECONDS / 2:
+            return max(n, int(per_second * SECONDS))
+        n *= 4
+
+
 def run(
     corpus: Corpus,
     m: int = 100,
@@ -239,16 +256,14 @@ def run(
         player = row.make(params, data, tau)
         player.train(1)  # warm-up: numba loads or compiles its kernels here
         player.sample(2, np.random.default_rng(SAMPLE_SEED))
-        rate = _timed(player.train, 5)  # size each measurement to about SECONDS
-        srate = _timed(lambda n, p=player: p.sample(n, np.random.default_rng(SAMPLE_SEED)), 20)
-        sizes.append((max(5, int(rate * SECONDS)), max(20, int(srate * SECONDS))))
+        sample = functools.partial(_timed, functools.partial(_sample, player))
+        sizes.append((_sized(functools.partial(_timed, player.train), 5), _sized(sample, 20)))
         players.append(player)
         row.train_rates, row.sample_rates = [], []
     for _ in range(repeats):
         for row, player, (n_train, n_sample) in zip(rows, players, sizes, strict=True):
             row.train_rates.append(_timed(player.train, n_train))
-            sample = lambda n, p=player: p.sample(n, np.random.default_rng(SAMPLE_SEED))  # noqa: E731
-            row.sample_rates.append(_timed(sample, n_sample))
+            row.sample_rates.append(_timed(functools.partial(_sample, player), n_sample))
     return rows, notes
 
 
@@ -414,10 +429,10 @@ def run_model(corpus: Corpus, spec, optimizer: str, batch: int, tau: int, dtype:
         if hasattr(run.engine, "warm_up"):
             run.engine.warm_up(np.dtype(run.state.params.dtype), run.state.spec)
         run.train(1), run.sample(2), run.evaluate(100)
-        train, sample = run.train(2) / (batch * tau), run.sample(20)
+        train = _sized(lambda n, r=run: r.train(n) / (batch * tau), 2)
         evaluate = run.evaluate(min(EVAL_CHARS, len(corpus)))
         n_eval = max(100, min(len(corpus), int(evaluate * SECONDS)))
-        sizes.append((max(2, int(train * SECONDS)), max(20, int(sample * SECONDS)), n_eval))
+        sizes.append((train, _sized(run.sample, 20), n_eval))
     for row in rows:
         row.rates = {"train": [], "sample": [], "eval": []}
     for _ in range(repeats):

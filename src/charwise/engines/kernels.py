@@ -45,6 +45,7 @@ from charwise.engines.numerics import (
     _all_finite,
     _nll,
     _smooth,
+    exact,
     jit,
     numba,
     pjit,
@@ -656,22 +657,7 @@ def _in(p, *values):
     return out
 
 
-def _exact(arrays: int):
-    """Compiled eagerly, for `arrays` contiguous 1-D arrays of float32 or of float64, without
-    jit's fused multiply-adds: each entry's step is the reference's IEEE arithmetic rounded op
-    by op, the same bits in a loop's vector body and in its remainder, so wherever the arrays
-    are split among threads (_update). Compiled on demand, numba would give these the flags of
-    their first caller (jit's "contract", or a prange's parallel pipeline), and with them the
-    order of the tests deciding a fused a*b + c*d's rounding. Contiguous ("C"): for arrays of
-    any layout ("A") the loops were not vectorised, and an lstm m 128 batch 1 update took 0.75-0.81
-    ms, not 0.51-0.56."""
-    sigs = [
-        numba.void(*[numba.types.Array(f, 1, "C")] * arrays) for f in (numba.float32, numba.float64)
-    ]
-    return numba.njit(sigs, cache=True, nogil=True, error_model="numpy")
-
-
-@_exact(4)
+@exact(4)
 def _adagrad(p, g, G, k):
     """k = (lr, eps, clip) in p's dtype (_in)."""
     lr, eps, clip = k
@@ -681,7 +667,7 @@ def _adagrad(p, g, G, k):
         p[i] = p[i] - lr * gi / math.sqrt(G[i] + eps)
 
 
-@_exact(4)
+@exact(4)
 def _rmsprop(p, g, v, k):
     """k = (lr, eps, clip, alpha, 1 - alpha) in p's dtype."""
     lr, eps, clip, alpha, rest = k
@@ -691,7 +677,7 @@ def _rmsprop(p, g, v, k):
         p[i] = p[i] - lr * gi / (math.sqrt(v[i]) + eps)
 
 
-@_exact(5)
+@exact(5)
 def _adam(p, g, m, v, k):
     """k = (lr, eps, clip, beta1, 1 - beta1, beta2, 1 - beta2, 1 - beta1^t, 1 - beta2^t) in p's
     dtype."""
