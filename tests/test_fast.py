@@ -694,7 +694,6 @@ def test_bench_names_the_blas_kernels_that_run():
         assert {k.lower() for k in kernels} == {os.environ["OPENBLAS_CORETYPE"].lower()}
 
 
-@pytest.mark.slow
 def test_measurements_are_sized_past_a_calls_fixed_cost():
     """A benchmark sizes its measurements to about SECONDS from a measurement of at least half
     that: from a first one of 2 updates, a fixed 20 ms per call would make every measurement
@@ -713,6 +712,7 @@ def test_measurements_are_sized_past_a_calls_fixed_cost():
     assert 0.9 * seconds <= size * 0.0005 <= seconds
 
 
+@pytest.mark.slow
 def test_bench_command_prints_every_engine(tmp_path):
     out = bench(tmp_path, "--m", "8", "--seq-length", "10", "--repeats", "1")
     for label in (
