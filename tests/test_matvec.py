@@ -17,6 +17,7 @@ from charwise.engines.matvec import (
     gemm_tall_parts,
     matvec,
     pack,
+    transpose,
 )
 
 SHAPES_N = (1, 2, 3, 5, 8, 15, 16, 17, 31, 65, 100, 129, 300, 1024)
@@ -94,6 +95,23 @@ def test_gemm_takes_strided_rows_by_plain_loops():
     C = np.empty((6, 40))
     gemm(A, B, C)
     assert np.allclose(C, A @ B, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_transpose_copies_every_entry_of_any_shape_into_a_slice(dtype):
+    rng = np.random.default_rng(5)
+    for R in (1, 3, 4, 5, 8, 65, 100):
+        for N in (1, 2, 4, 7, 65, 100):
+            A = rng.standard_normal((R, N)).astype(dtype)
+            wide = np.full((N, R + 9), np.nan, dtype)  # out: a slice with rows of another stride
+            transpose(A, wide[:, 4 : 4 + R])
+            np.testing.assert_array_equal(wide[:, 4 : 4 + R], A.T)
+            assert np.isnan(wide[:, :4]).all() and np.isnan(wide[:, 4 + R :]).all()
+
+
+def test_transpose_refuses_strided_rows():
+    with pytest.raises(ValueError, match="rows of A and out must be contiguous"):
+        transpose(np.ones((4, 20))[:, ::2], np.empty((10, 4)))
 
 
 def test_matvec_refuses_strided_rows():

@@ -36,7 +36,7 @@ import numpy as np
 
 from charwise import safeio
 from charwise.engines import kernels, reference
-from charwise.engines.matvec import gemm, matvec
+from charwise.engines.matvec import gemm, matvec, transpose
 from charwise.engines.numerics import (
     _all_finite,
     _exp_nonpositive,
@@ -53,16 +53,6 @@ from charwise.engines.numerics import (
 )
 from charwise.params import Params, RNNParams
 from charwise.state import TrainState
-
-
-# ---- building blocks ------------------------------------------------------------------------
-@jit
-def _transpose(A, out):
-    """out = A.T (contiguous writes, strided reads: the faster way round here)."""
-    R, N = A.shape
-    for n in range(N):
-        for r in range(R):
-            out[n, r] = A[r, n]
 
 
 # ---- one chunk: loss, gradients, last hidden state --------------------------------------------
@@ -95,8 +85,8 @@ def _loss_and_grads(b, c, UT, W, V, x, y, h0, ws, z64, grads) -> float:
     WT, VT, H, P, dH, dA = ws
     db, dc, dUT, dW, dV = grads
     n, m, K = len(x), b.size, c.size
-    _transpose(W, WT)
-    _transpose(V, VT)
+    transpose(W, WT)
+    transpose(V, VT)
     H[0] = h0
     for t in range(n):  # dA's spare row: scratch of the parameters' dtype until the backward
         _step(b, UT, WT, x[t], H[t], H[t + 1], dA[n])
@@ -314,8 +304,8 @@ def _sample(b, c, U, W, V, h0, x0, uniforms, temperature, top_p, stop, out) -> i
     m, K = b.size, c.size
     UT = np.ascontiguousarray(U.T)
     B = np.empty((m, m + K))  # [W^T V^T]: h @ B is W h and V h in one pass over h
-    _transpose(W, B[:, :m])
-    _transpose(V, B[:, m:])
+    transpose(W, B[:, :m])
+    transpose(V, B[:, m:])
     h, wv = h0.copy(), np.empty(m + K)
     o, p = np.empty(K), np.empty(K)
     matvec(wv, h, B)
@@ -337,7 +327,7 @@ def _advance(b, U, W, h0, x):
     """The hidden state after reading x from h0."""
     m = b.size
     WT, UT = np.empty((m, m)), np.ascontiguousarray(U.T)
-    _transpose(W, WT)
+    transpose(W, WT)
     h, z64 = h0.copy(), np.empty(m)
     for t in range(x.size):
         _step(b, UT, WT, x[t], h, h, z64)
@@ -351,8 +341,8 @@ def _evaluate(b, c, U, W, V, data, runs):
     m, K = b.size, c.size
     UT = np.ascontiguousarray(U.T)
     WT, VT = np.empty((m, m)), np.empty((m, K))
-    _transpose(W, WT)
-    _transpose(V, VT)
+    transpose(W, WT)
+    transpose(V, VT)
     h, o, z64 = np.empty(m), np.empty(K), np.empty(max(m, 2 * K))
     total, count = 0.0, 0
     for r in range(len(runs)):
