@@ -109,9 +109,11 @@ def test_transpose_copies_every_entry_of_any_shape_into_a_slice(dtype):
             assert np.isnan(wide[:, :4]).all() and np.isnan(wide[:, 4 + R :]).all()
 
 
-def test_transpose_refuses_strided_rows():
+def test_transpose_refuses_strided_rows_and_a_wrong_shape():
     with pytest.raises(ValueError, match="rows of A and out must be contiguous"):
         transpose(np.ones((4, 20))[:, ::2], np.empty((10, 4)))
+    with pytest.raises(ValueError, match="out must have A's shape reversed"):
+        transpose(np.ones((4, 8)), np.empty((8, 3)))
 
 
 def test_matvec_refuses_strided_rows():

@@ -469,6 +469,8 @@ def transpose(A, out):
     """out = A.T for A (R, N) and out (N, R) with contiguous rows, in 4 x 4 tiles (LLVM left
     the scalar loop's strided reads scalar: 2-3x slower at 100 x 100); a copy, so exact."""
     R, N = A.shape
+    if out.shape[0] != N or out.shape[1] != R:
+        raise ValueError("transpose: out must have A's shape reversed")
     if not (_rows_contiguous(A) and _rows_contiguous(out)):
         raise ValueError("transpose: the rows of A and out must be contiguous")
     R4, N4 = R - R % 4, N - N % 4
