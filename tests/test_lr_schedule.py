@@ -116,6 +116,43 @@ def test_a_run_for_minutes_alone_fits_its_decay_to_them(corpus, tmp_path, monkey
         assert np.array_equal(fitted.state.params[name], p), name
 
 
+def test_a_fitted_decay_that_the_run_ends_far_from_is_reported(
+    corpus, tmp_path, monkeypatch, capsys
+):
+    """Training slower after the warm-up, the run ends more than 5% of T before T: a line
+    says where, how far, and the rate it ended at; a run that ends near T says nothing."""
+    kw = dict(lr_schedule="cosine", warmup=5, optimizer="adam", batch=2, model="gru")
+    for name, slow, reported in (("slower", 0.125, True), ("steady", 0.0625, False)):
+        held = {}  # the trainer, once made
+
+        def clock(slow=slow, held=held):  # stand-in: 1/16 s an update in the warm-up, then slow
+            u = held["trainer"].state.updates if held else 0
+            return 0.0625 * min(u, 5) + slow * max(u - 5, 0)
+
+        monkeypatch.setattr(train, "time", SimpleNamespace(
+            perf_counter=clock, monotonic=time.monotonic,
+        ))  # fmt: skip
+        trainer = held["trainer"] = Trainer(
+            corpus, small_config("reference", **kw), tmp_path / name
+        )
+        capsys.readouterr()
+        trainer.run(minutes=0.0625, progress=False)  # 3.75 s: T = 5 + 16 x 3.4375 = 60
+        T, done = trainer.config.decay_updates, trainer.state.updates
+        out = capsys.readouterr().out
+        assert T == 60 and "decay ends at update 60" in out
+        assert ("the end of its fitted decay" in out) is reported
+        if not reported:
+            assert 60 <= done <= 63  # 3.75 s at 16 updates/s, to the end of the block
+        else:  # 0.3125 + (u - 5) / 8 >= 3.75 from u = 33 on: it ends at the block end after
+            assert 33 <= done < 57
+            line = (
+                f"the run ended at update {done:,}, {(T - done) / T:.0%} before the end of its "
+                f"fitted decay ({T:,}): it trained slower than in the warm-up, and its last rate "
+                f"was {trainer.optimizer.schedule.factor(done):.2f} x eta"
+            )
+            assert line in out
+
+
 def test_resume_with_a_schedule_is_bit_identical(corpus, tmp_path):
     kw = dict(lr_schedule="linear", warmup=20, decay_updates=260, min_lr=0.2, model="lstm")
     Trainer(corpus, small_config("reference", **kw), tmp_path / "one").run(260, progress=False)

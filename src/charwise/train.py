@@ -104,6 +104,7 @@ class Trainer:
         self.first_loss = float("nan")  # loss of update 1 (recorded in the checkpoint)
         self.target = 0  # the total updates the current run() aims at
         self.minutes = None  # and its budget of training minutes, if any
+        self.fitted_decay = False  # this run() fitted T to its minutes (_fit_decay)
         self.resumes: list[dict] = []  # each resume: its update and the settings it changed
         self.best_val: dict | None = None  # {update, val_nats} of best-val.npz
         self.stale_evals = 0  # validations since the best one (early stopping)
@@ -300,6 +301,8 @@ class Trainer:
                         raise Interrupted(self.stop_signal, state.updates, self.out)
                     rate = n / max(self.elapsed - t0, 1e-9)
                     cap = max(1, min(BLOCK_MAX, int(rate * BLOCK_SECONDS)))
+                if self.fitted_decay and self._out_of_time():
+                    self._report_decay_fit()
                 self.emit("final")
                 self.save_checkpoint()
             finally:
@@ -339,11 +342,27 @@ class Trainer:
         rate = done / max(self.elapsed, 1e-9)
         left = max(0.0, 60.0 * self.minutes - self.elapsed)
         cfg.decay_updates = self.optimizer.schedule.total = decay_end(done, rate, left)
+        self.fitted_decay = True
         self.emit(
             "message",
             f"the {cfg.lr_schedule} decay ends at update {cfg.decay_updates:,}: where "
             f"--minutes {self.minutes:g} is expected to end at the warm-up's "
             f"{rate:,.1f} updates/s",
+        )
+
+    def _report_decay_fit(self) -> None:
+        """A line when a run whose decay was fitted to its minutes ended more than MISFIT x T
+        from T: the machine's speed changed after the warm-up."""
+        done, T = self.state.updates, self.config.decay_updates
+        if abs(done - T) <= MISFIT * T:
+            return
+        self.emit(
+            "message",
+            f"the run ended at update {done:,}, {abs(done - T) / T:.0%} "
+            f"{'before' if done < T else 'after'} the end of its fitted decay ({T:,}): it "
+            f"trained {'slower' if done < T else 'faster'} than in the warm-up, and its last "
+            f"rate was {self.optimizer.schedule.factor(done):.2f} x eta; --decay-updates fixes "
+            "the decay's end",
         )
 
     def _out_of_time(self) -> bool:
@@ -569,6 +588,9 @@ def _smooth_curve(u0: int, smooth: float, losses: np.ndarray) -> list[float]:
 
 def _next_multiple(u: int, every: int) -> int:
     return (u // every + 1) * every
+
+
+MISFIT = 0.05  # a run ending more than this share of T from its fitted decay's end T says so
 
 
 def decay_end(done: int, rate: float, seconds_left: float) -> int:
